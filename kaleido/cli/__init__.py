@@ -1,0 +1,44 @@
+"""The ``kaleido`` command line: thin callers of the public API, one module per stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..config import ConfigError
+from ..data import CatalogError
+from . import data
+
+#: Stage modules; each has ``register(subparsers)`` and sets ``func`` on its parsers.
+COMMANDS = (data,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kaleido", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # key=value overrides may sit anywhere on the line (argparse only takes trailing ones).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(t.startswith("-") or "=" not in t for t in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args) or 0
+    except (CatalogError, ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"kaleido: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

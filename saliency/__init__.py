@@ -1,0 +1,1 @@
+"""Salient-object foreground detection (DESIGN.md stage 1)."""
