@@ -8,10 +8,10 @@ import sys
 
 from ..config import ConfigError
 from ..data import CatalogError
-from . import data
+from . import data, patches, saliency, sat
 
 #: Stage modules; each has ``register(subparsers)`` and sets ``func`` on its parsers.
-COMMANDS = (data,)
+COMMANDS = (data, saliency, patches, sat)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kaleido: error: {err}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Kaleido Patch Generator (DESIGN.md stage 2)."""

@@ -1,0 +1,263 @@
+"""On-disk patch-feature cache keyed by product id: float16, sharded, memory-mappable, resumable.
+
+Layout of a cache folder::
+
+    meta.json              grids, feature size, backbone weights, shard size, config, id fingerprint
+    config.yaml            the resolved config of the run
+    shard-00000/           products [0, shard_size) of the catalog, in catalog order
+        features.npy       (N, P, D) float16
+        positions.npy      (N, P, 5) float32
+        boxes.npy          (N, 4)    float32  saliency box in pixels
+        image_sizes.npy    (N, 2)    int32    (width, height)
+        fallbacks.npy      (N,)      bool     saliency fell back to the whole image
+        rotated.npy        (N, 3, D) float16  level-1 patch rotated 90/180/270 (with extras)
+        grey.npy           (N, G, D) float16  grey level-4 patches (with extras)
+        ids.json           {"ids": [...], "skipped": [{"id", "error"}]}
+
+A shard is written into ``shard-XXXXX.tmp`` and renamed when complete, so a killed job
+leaves only whole shards behind; running the same command again skips them. Shard
+``k`` always holds the same products and is computed in the same batches, so a resumed
+run writes byte-identical files. Under ``torchrun`` each rank takes every
+``world_size``-th shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data import Catalog, ImageLoadError
+from .extract import PatchExtractor, PatchFeatures
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+META = "meta.json"
+ARRAYS = {"features": np.float16, "positions": np.float32, "boxes": np.float32,
+          "image_sizes": np.int32, "fallbacks": np.bool_, "rotated": np.float16, "grey": np.float16}
+
+
+class CacheError(ValueError):
+    """The cache folder does not match the run (other config or catalog) or is unreadable."""
+
+
+@dataclass
+class CacheReport:
+    """What one ``build_cache`` call did."""
+
+    shards_total: int = 0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    products_written: int = 0
+    images_skipped: list = field(default_factory=list)
+    saliency_fallbacks: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.shards_written} shards written, {self.shards_skipped} already done, "
+                f"{self.shards_total} in all; {self.products_written:,} products written, "
+                f"{len(self.images_skipped)} unreadable images skipped, "
+                f"{self.saliency_fallbacks} saliency fall-backs to the whole image")
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}"
+
+
+def _fingerprint(ids: list[str]) -> str:
+    return hashlib.sha1("\n".join(ids).encode()).hexdigest()
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    return rank, world
+
+
+def _write_meta(out: Path, meta: dict) -> None:
+    tmp = out / f"{META}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, out / META)
+
+
+def _check_meta(out: Path, meta: dict) -> None:
+    old = json.loads((out / META).read_text())
+    for key in ("version", "fingerprint", "shard_size", "config"):
+        if old.get(key) != meta.get(key):
+            raise CacheError(f"{out} holds a cache built with another {key} "
+                             f"(catalog, shard size or config changed); use a new --out folder "
+                             f"or delete the old one")
+
+
+def build_cache(catalog: Catalog, extractor: PatchExtractor, out: str | Path, *,
+                shard_size: int = 256, config: dict | None = None, max_shards: int | None = None,
+                rank: int | None = None, world_size: int | None = None,
+                progress: bool = True) -> CacheReport:
+    """Extract patch features for every product (its first image) into ``out``.
+
+    Args:
+        catalog: the products; their order fixes the shards.
+        extractor: the patch extractor.
+        out: the cache folder (created; resumed when it holds a cache of the same run).
+        shard_size: products per shard.
+        config: the resolved run config (stored in meta.json, checked on resume).
+        max_shards: stop after writing this many shards (batch jobs in slices).
+        rank, world_size: this process's share of the shards (default: torchrun's env).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`CacheReport`.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [p.id for p in catalog]
+    n_shards = (len(ids) + shard_size - 1) // shard_size
+    cfg = extractor.cfg
+    meta = {"version": CACHE_VERSION, "grids": list(cfg.grids), "num_patches": None,
+            "feature_dim": extractor.feature_dim, "mode": cfg.mode, "extras": cfg.extras,
+            "weights": extractor.backbone.weights_source, "shard_size": shard_size,
+            "num_shards": n_shards, "products": len(ids), "catalog": catalog.report.source,
+            "fingerprint": _fingerprint(ids), "config": config or {}}
+    meta["num_patches"] = sum(g * g for g in cfg.grids)
+    if (out / META).is_file():
+        _check_meta(out, meta)
+    else:
+        _write_meta(out, meta)
+
+    rank, world = _rank_and_world(rank, world_size)
+    mine = [k for k in range(n_shards) if k % world == rank]
+    report = CacheReport(shards_total=n_shards)
+    todo = [k for k in mine if not (out / _shard_name(k)).is_dir()]
+    report.shards_skipped = len(mine) - len(todo)
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    bar = tqdm(total=sum(len(ids[k * shard_size:(k + 1) * shard_size]) for k in todo),
+               desc=f"patches{'' if world == 1 else f' rank {rank}'}", unit="product",
+               disable=not progress)
+    for k in todo:
+        products = catalog.products[k * shard_size:(k + 1) * shard_size]
+        _write_shard(out, k, products, catalog, extractor, report, bar)
+        report.shards_written += 1
+    bar.close()
+    log.info("%s: %s", out, report.summary())
+    return report
+
+
+def _write_shard(out: Path, k: int, products, catalog, extractor, report, bar) -> None:
+    tmp = out / f"{_shard_name(k)}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # a half-written shard of a killed run
+    tmp.mkdir()
+    kept, skipped, feats = [], [], []
+    batch = max(1, extractor.cfg.batch_size // (5 if extractor.cfg.extras else 1))
+    for start in range(0, len(products), batch):
+        chunk, images = [], []
+        for product in products[start:start + batch]:
+            try:
+                images.append(catalog.load_image(product))
+                chunk.append(product.id)
+            except (ImageLoadError, IndexError) as err:
+                skipped.append({"id": product.id, "error": str(err)})
+                log.warning("skipped product %s: %s", product.id, err)
+        feats += extractor.extract(images)
+        kept += chunk
+        bar.update(len(products[start:start + batch]))
+    arrays = _stack(feats, extractor)
+    for name, array in arrays.items():
+        np.save(tmp / f"{name}.npy", array)
+    (tmp / "ids.json").write_text(json.dumps({"ids": kept, "skipped": skipped}, indent=1))
+    os.replace(tmp, out / _shard_name(k))
+    report.products_written += len(kept)
+    report.images_skipped += skipped
+    report.saliency_fallbacks += int(sum(f.saliency_fallback for f in feats))
+
+
+def _stack(feats: list[PatchFeatures], extractor: PatchExtractor) -> dict[str, np.ndarray]:
+    cfg, d = extractor.cfg, extractor.feature_dim
+    p = sum(g * g for g in cfg.grids)
+    grey_n = cfg.grey_grid ** 2
+
+    def stack(values, shape, dtype):
+        return np.stack(values).astype(dtype) if values else np.zeros((0, *shape), dtype)
+
+    arrays = {
+        "features": stack([f.features for f in feats], (p, d), np.float16),
+        "positions": stack([f.positions for f in feats], (p, 5), np.float32),
+        "boxes": stack([f.box for f in feats], (4,), np.float32),
+        "image_sizes": stack([f.image_size for f in feats], (2,), np.int32),
+        "fallbacks": np.asarray([f.saliency_fallback for f in feats], dtype=np.bool_),
+    }
+    if cfg.extras:
+        arrays["rotated"] = stack([f.rotated for f in feats], (3, d), np.float16)
+        arrays["grey"] = stack([f.grey for f in feats], (grey_n, d), np.float16)
+    return arrays
+
+
+class FeatureCache:
+    """Read a cache folder: ``cache[product_id] -> PatchFeatures`` (memory-mapped shards)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / META).is_file():
+            raise CacheError(f"{self.root}: no {META}; build it with `kaleido patches extract`")
+        self.meta = json.loads((self.root / META).read_text())
+        self._arrays: list[dict[str, np.ndarray]] = []
+        self._where: dict[str, tuple[int, int]] = {}
+        self.skipped: list[dict] = []
+        for k in range(self.meta["num_shards"]):
+            shard = self.root / _shard_name(k)
+            if not shard.is_dir():
+                continue
+            listing = json.loads((shard / "ids.json").read_text())
+            arrays = {name: np.load(shard / f"{name}.npy", mmap_mode="r")
+                      for name in ARRAYS if (shard / f"{name}.npy").is_file()}
+            for row, pid in enumerate(listing["ids"]):
+                self._where[pid] = (len(self._arrays), row)
+            self.skipped += listing["skipped"]
+            self._arrays.append(arrays)
+        self.complete = len(self._arrays) == self.meta["num_shards"]
+        if not self.complete:
+            log.warning("%s: %d of %d shards present; run the same extract command to finish",
+                        self.root, len(self._arrays), self.meta["num_shards"])
+
+    @property
+    def feature_dim(self) -> int:
+        return self.meta["feature_dim"]
+
+    @property
+    def num_patches(self) -> int:
+        return self.meta["num_patches"]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, product_id: object) -> bool:
+        return str(product_id) in self._where
+
+    def __getitem__(self, product_id: str) -> PatchFeatures:
+        try:
+            shard, row = self._where[str(product_id)]
+        except KeyError:
+            raise KeyError(f"product {product_id!r} is not in the feature cache {self.root}") from None
+        a = self._arrays[shard]
+        return PatchFeatures(
+            features=np.asarray(a["features"][row], dtype=np.float32),
+            positions=np.asarray(a["positions"][row]), box=np.asarray(a["boxes"][row]),
+            image_size=np.asarray(a["image_sizes"][row]), saliency_fallback=bool(a["fallbacks"][row]),
+            rotated=np.asarray(a["rotated"][row], dtype=np.float32) if "rotated" in a else None,
+            grey=np.asarray(a["grey"][row], dtype=np.float32) if "grey" in a else None)
+
+
+def config_dict(cfg) -> dict:
+    """A JSON-comparable dict of a config dataclass (for meta.json)."""
+    return json.loads(json.dumps(asdict(cfg), default=str))
