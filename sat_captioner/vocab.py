@@ -25,9 +25,17 @@ _WORD = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
+def word_spans(text: str) -> list[tuple[str, int, int]]:
+    """The words of ``text`` with their character offsets: ``(lowercase word, start, end)``.
+
+    ``text[start:end]`` is the word as written; the words are exactly :func:`tokenize`'s.
+    """
+    return [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
 def tokenize(text: str) -> list[str]:
     """Lowercase ``text`` and split it into words (see the module docstring)."""
-    return _WORD.findall(text.lower())
+    return [w for w, _, _ in word_spans(text)]
 
 
 def normalize_word(word: str) -> str:

@@ -1,12 +1,19 @@
 import pytest
 
-from sat_captioner.vocab import SPECIALS, Vocabulary, normalize_word, tokenize
+from sat_captioner.vocab import SPECIALS, Vocabulary, normalize_word, tokenize, word_spans
 
 
 def test_tokenize_keeps_digits_and_inner_hyphens():
     assert tokenize("Puma Men's T-Shirt, 3/4 sleeve! (Blue)") == [
         "puma", "men's", "t-shirt", "3", "4", "sleeve", "blue"]
     assert tokenize("  --  ") == []
+
+
+def test_word_spans_point_back_into_the_text():
+    text = "Nike Men's T-Shirt, Blue"
+    spans = word_spans(text)
+    assert [w for w, _, _ in spans] == tokenize(text) == ["nike", "men's", "t-shirt", "blue"]
+    assert [text[a:b] for _, a, b in spans] == ["Nike", "Men's", "T-Shirt", "Blue"]
 
 
 def test_normalize_word_matches_spelling_variants():
