@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.kaleido-installed
 DEMO   ?= runs/demo
+K      := $(VENV)/bin/kaleido
+DEMO_IMAGES := data/sample/images/10047.jpg data/sample/images/10117.jpg data/sample/images/17137.jpg
 
 .PHONY: demo test install clean
 
@@ -20,13 +22,25 @@ $(STAMP): pyproject.toml Makefile
 	# pysodmetrics is only the reference the metric tests compare against; its pins
 	# (opencv-python-headless<5, numpy<2.3.5) clash with ours, so its own deps are listed in [test].
 	$(PIP) --no-deps "pysodmetrics==1.6.2"
+	# METEOR and the PTB tokenizer of pycocoevalcap run on Java; install a JRE where we can.
+	command -v java >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; } || \
+		echo "no Java: caption metrics will report METEOR as unavailable"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	@echo "== kaleido demo on the bundled sample (data/sample): the stages that exist so far =="
-	$(VENV)/bin/kaleido data inspect data/sample --json $(DEMO)/inspect.json
-	$(VENV)/bin/kaleido data split data/sample --out $(DEMO)/split
-	@echo "== done: catalog report in $(DEMO)/inspect.json, train/val/test split in $(DEMO)/split =="
+	$(K) data inspect data/sample --json $(DEMO)/inspect.json
+	$(K) data split data/sample --out $(DEMO)/split
+	$(K) saliency predict $(DEMO_IMAGES) --out $(DEMO)/saliency
+	$(K) patches show $(DEMO_IMAGES) --out $(DEMO)/patches
+	$(K) patches extract --catalog data/sample --out $(DEMO)/cache
+	$(K) sat train --catalog data/sample --split-file $(DEMO)/split --out $(DEMO)/sat --config default batch_size=16 epochs=15
+	$(K) sat caption $(DEMO_IMAGES) --model $(DEMO)/sat --out $(DEMO)/sat/pictures
+	$(K) align build --catalog data/sample --cache $(DEMO)/cache --sat $(DEMO)/sat
+	$(K) align show 10047 --catalog data/sample --cache $(DEMO)/cache --out $(DEMO)/align_10047.png
+	$(K) align measure --catalog data/sample --cache $(DEMO)/cache --split-file $(DEMO)/split --split test
+	@echo "== done: pictures and outputs in $(DEMO)/ (saliency/, patches/, cache/, sat/, align_10047.png) =="
 
 test: $(STAMP)
 	$(PY) -m pytest -q

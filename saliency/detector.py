@@ -176,20 +176,14 @@ def load_finetuned_u2netp(path: str | Path) -> tuple[U2NETP, int]:
         FileNotFoundError: no such file.
         ValueError: the file does not hold U2-Net-p weights.
     """
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+    from kaleido.checkpoint import read_safetensors
 
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"U2-Net-p weights not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    state, meta = read_safetensors(path)
     batch_norm = meta.get("batch_norm", "false").lower() == "true"
     model = U2NETP(U2NetpConfig(batch_norm=batch_norm))
     try:

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from kaleido.checkpoint import read_safetensors
 from kaleido.config import ConfigError, load_config
 from kaleido.patches.backbone import Backbone, create_backbone
 
@@ -74,8 +75,6 @@ def load_sat(model_dir: str | Path, device: str = "cpu") -> tuple[SATDecoder, Vo
     Returns:
         ``(decoder in eval mode, vocabulary, model config)``.
     """
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     from .train import SATTrainConfig
 
@@ -90,12 +89,7 @@ def load_sat(model_dir: str | Path, device: str = "cpu") -> tuple[SATDecoder, Vo
         raise ValueError(f"{folder / CONFIG_FILE}: {err}") from err
     vocab = Vocabulary.load(folder / VOCAB_FILE)
     path = folder / MODEL_FILE
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    state, meta = read_safetensors(path)
     if meta.get("format") != _FORMAT:
         raise ValueError(f"{path}: not a SAT decoder (format {meta.get('format')!r})")
     if int(meta["vocab_size"]) != len(vocab):

@@ -13,6 +13,7 @@ from ..alignment.visualize import draw_alignments
 from ..config import load_config, save_config
 from ..data import load_catalog, read_split
 from ..patches.cache import FeatureCache
+from .common import add_catalog_args, catalog_config
 
 
 def register(sub) -> None:
@@ -20,7 +21,7 @@ def register(sub) -> None:
     cmds = align.add_subparsers(dest="align_command", required=True)
 
     p = cmds.add_parser("build", help="caption every product and store its alignments (resumable)")
-    p.add_argument("--catalog", required=True)
+    add_catalog_args(p)
     p.add_argument("--cache", type=Path, required=True, help="feature cache (kaleido patches extract)")
     p.add_argument("--sat", type=Path, required=True, help="trained SAT model folder")
     p.add_argument("--out", type=Path, default=None, help=f"default: CACHE/{ALIGNMENTS_FILE}")
@@ -30,13 +31,13 @@ def register(sub) -> None:
 
     p = cmds.add_parser("show", help="picture of one product's aligned words and patches")
     p.add_argument("product_id")
-    p.add_argument("--catalog", required=True)
+    add_catalog_args(p)
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="PNG file")
     p.set_defaults(func=cmd_show)
 
     p = cmds.add_parser("measure", help="alignment quality on a split")
-    p.add_argument("--catalog", required=True)
+    add_catalog_args(p)
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--split-file", type=Path, default=None)
     p.add_argument("--split", default="test")
@@ -51,7 +52,7 @@ def cmd_build(args) -> int:
     cfg = load_config(AlignmentConfig, overrides=list(args.overrides))
     out = args.out or args.cache / ALIGNMENTS_FILE
     save_config(cfg, out.parent, "alignment_config.yaml")
-    catalog = load_catalog(args.catalog)
+    catalog = load_catalog(catalog_config(args))
     cache = FeatureCache(args.cache)
     captioner = Captioner.from_pretrained(args.sat)
     report = build_alignments(catalog, cache, captioner, out, cfg, batch_size=args.batch_size)
@@ -60,7 +61,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_show(args) -> int:
-    catalog = load_catalog(args.catalog)
+    catalog = load_catalog(catalog_config(args))
     cache = FeatureCache(args.cache)
     record = read_records(args.cache / ALIGNMENTS_FILE).get(args.product_id)
     if record is None:
@@ -78,7 +79,7 @@ def cmd_show(args) -> int:
 def cmd_measure(args) -> int:
     from saliency.detector import SaliencyConfig, create_detector
 
-    catalog = load_catalog(args.catalog)
+    catalog = load_catalog(catalog_config(args))
     cache = FeatureCache(args.cache)
     records = read_records(args.cache / ALIGNMENTS_FILE)
     if args.split_file:

@@ -8,21 +8,7 @@ from pathlib import Path
 from ..config import load_config, save_config
 from ..data import DataConfig, export_fashiongen, load_catalog, write_split
 from ..data.inspect import format_inspection, inspect_catalog
-
-
-def add_catalog_args(parser) -> None:
-    """The options every command that reads a catalog shares."""
-    parser.add_argument("catalog", help="table (csv/parquet/jsonl), Fashion-Gen .h5, or a folder")
-    parser.add_argument("--columns", default="auto",
-                        help="column preset (fashion-products, kaleido) or auto (default)")
-    parser.add_argument("--image-root", default=None, help="folder of relative image paths")
-
-
-def catalog_overrides(args) -> list[str]:
-    items = [f"catalog.path={args.catalog}", f"catalog.columns={args.columns}"]
-    if args.image_root:
-        items.append(f"catalog.image_root={args.image_root}")
-    return items
+from .common import add_catalog_args, catalog_overrides
 
 
 def register(sub) -> None:
@@ -30,21 +16,21 @@ def register(sub) -> None:
     cmds = data.add_subparsers(dest="data_command", required=True)
 
     p = cmds.add_parser("inspect", help="counts per category, bad images, title statistics")
-    add_catalog_args(p)
+    add_catalog_args(p, positional=True)
     p.add_argument("--no-decode", action="store_true", help="do not decode every image")
     p.add_argument("--workers", type=int, default=4, help="image decoding threads")
     p.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
     p.set_defaults(func=cmd_inspect)
 
     p = cmds.add_parser("split", help="deterministic train/val/test split by product id")
-    add_catalog_args(p)
+    add_catalog_args(p, positional=True)
     p.add_argument("--out", type=Path, required=True, help="folder for split.csv / split.json")
     p.add_argument("--config", default=None, help="data preset name or YAML file")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. split.seed=1 split.train=0.7")
     p.set_defaults(func=cmd_split)
 
     p = cmds.add_parser("to-fashiongen", help="write a catalog as a Fashion-Gen-schema HDF5 file")
-    add_catalog_args(p)
+    add_catalog_args(p, positional=True)
     p.add_argument("out", type=Path, help="output .h5 file")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="first N products only")
@@ -52,7 +38,7 @@ def register(sub) -> None:
 
 
 def cmd_inspect(args) -> int:
-    cfg = load_config(DataConfig, overrides=catalog_overrides(args))
+    cfg = load_config(DataConfig, overrides=catalog_overrides(args, "catalog."))
     catalog = load_catalog(cfg.catalog)
     result = inspect_catalog(catalog, decode=not args.no_decode, workers=args.workers)
     print(format_inspection(result))
@@ -64,7 +50,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_split(args) -> int:
-    overrides = catalog_overrides(args) + list(args.overrides)
+    overrides = catalog_overrides(args, "catalog.") + list(args.overrides)
     cfg = load_config(DataConfig, args.config, overrides, component="data")
     catalog = load_catalog(cfg.catalog)
     print(catalog.report.summary())
@@ -77,7 +63,7 @@ def cmd_split(args) -> int:
 
 
 def cmd_to_fashiongen(args) -> int:
-    cfg = load_config(DataConfig, overrides=catalog_overrides(args))
+    cfg = load_config(DataConfig, overrides=catalog_overrides(args, "catalog."))
     catalog = load_catalog(cfg.catalog)
     products = catalog.products[: args.limit] if args.limit else None
     report = export_fashiongen(catalog, args.out, image_size=args.image_size, products=products)

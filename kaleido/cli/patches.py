@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import load_config, save_config
-from ..data import CatalogConfig, ImageLoadError, decode_image, load_catalog
+from ..data import CatalogConfig, load_catalog
 from ..patches.cache import build_cache, config_dict
 from ..patches.extract import PatchConfig, PatchExtractor
 from ..patches.visualize import draw_patch_grids
+from .common import add_catalog_args, catalog_overrides, exit_code, readable_images
 
 
 @dataclass
@@ -32,7 +33,7 @@ def register(sub) -> None:
     cmds = patches.add_subparsers(dest="patches_command", required=True)
 
     p = cmds.add_parser("extract", help="build the on-disk patch-feature cache of a catalog")
-    p.add_argument("--catalog", required=True, help="catalog path (table, .h5 or folder)")
+    add_catalog_args(p)
     p.add_argument("--out", type=Path, required=True, help="cache folder (resumed if it exists)")
     p.add_argument("--config", default="kaleido-saliency",
                    help="patches preset (kaleido-saliency, kaleido, fixed-grid, resnet50) or YAML")
@@ -51,7 +52,7 @@ def register(sub) -> None:
 def _config(args) -> PatchJobConfig:
     overrides = list(args.overrides)
     if getattr(args, "catalog", None):
-        overrides.append(f"catalog.path={args.catalog}")
+        overrides += catalog_overrides(args, "catalog.")
     return load_config(PatchJobConfig, args.config, overrides, component="patches")
 
 
@@ -72,14 +73,8 @@ def cmd_show(args) -> int:
     cfg = _config(args)
     extractor = PatchExtractor.from_config(cfg.patches)
     args.out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in args.images:
-        try:
-            image = decode_image(path)
-        except ImageLoadError as err:
-            print(f"skipped {err}")
-            failed += 1
-            continue
+    failures = []
+    for path, image in readable_images(args.images, failures):
         if extractor.detector is not None:
             result = extractor.detector.detect(image)
             box, mask, note = result.box, result.mask, " (fell back to whole image)" * result.fallback
@@ -89,4 +84,4 @@ def cmd_show(args) -> int:
         target = args.out / f"{path.stem}_patches.png"
         picture.save(target)
         print(f"{path}: box {tuple(int(v) for v in box)}{note} -> {target}")
-    return 1 if failed == len(args.images) else 0
+    return exit_code(failures, args.images)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import load_config, save_config
-from ..data import (CatalogConfig, ImageLoadError, LoadReport, decode_image, load_catalog,
-                    read_split, split_catalog, write_split)
+from .common import add_catalog_args, catalog_config, exit_code, readable_images
+from ..data import LoadReport, load_catalog, read_split, split_catalog, write_split
 
 
 @dataclass
@@ -26,25 +26,12 @@ class SATCaptionConfig:
     max_len: int = 0
 
 
-def _catalog_args(p, required: bool = True) -> None:
-    p.add_argument("--catalog", required=required, help="table (csv/parquet/jsonl), .h5 or folder")
-    p.add_argument("--columns", default="auto", help="column preset or auto (default)")
-    p.add_argument("--image-root", default=None, help="folder of relative image paths")
-
-
-def _catalog_config(args) -> CatalogConfig:
-    items = [f"path={args.catalog}", f"columns={args.columns}"]
-    if args.image_root:
-        items.append(f"image_root={args.image_root}")
-    return load_config(CatalogConfig, overrides=items)
-
-
 def register(sub) -> None:
     sat = sub.add_parser("sat", help="Show-Attend-Tell captioner (stage 3)")
     cmds = sat.add_subparsers(dest="sat_command", required=True)
 
     p = cmds.add_parser("train", help="train the captioner on a catalog's titles")
-    _catalog_args(p)
+    add_catalog_args(p)
     p.add_argument("--split-file", type=Path, default=None,
                    help="split.csv or its folder (default: a new split written into OUT/split)")
     p.add_argument("--out", type=Path, required=True, help="run folder (resumed if it has last.pt)")
@@ -61,7 +48,7 @@ def register(sub) -> None:
 
     p = cmds.add_parser("eval", help="BLEU-1..4, METEOR, ROUGE-L, CIDEr against the titles")
     p.add_argument("--model", type=Path, required=True, help="run folder of `kaleido sat train`")
-    _catalog_args(p)
+    add_catalog_args(p)
     p.add_argument("--split-file", type=Path, required=True, help="split.csv or its folder")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--beam-size", type=int, default=3)
@@ -75,7 +62,7 @@ def cmd_train(args) -> int:
     from sat_captioner.train import SATTrainConfig, train_sat
 
     cfg = load_config(SATTrainConfig, args.config, list(args.overrides), component="sat")
-    catalog_cfg = _catalog_config(args)
+    catalog_cfg = catalog_config(args)
     catalog = load_catalog(catalog_cfg)
     print(catalog.report.summary())
     if args.split_file is None:
@@ -100,19 +87,13 @@ def cmd_caption(args) -> int:
     captioner = Captioner.from_pretrained(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     save_config(SATCaptionConfig(model=str(args.model), beam_size=args.beam_size), args.out)
-    failed = 0
-    for path in args.images:
-        try:
-            image = decode_image(path)
-        except ImageLoadError as err:
-            print(f"skipped {err}")
-            failed += 1
-            continue
+    failures = []
+    for path, image in readable_images(args.images, failures):
         [result] = captioner.caption([image], beam_size=args.beam_size)
         target = args.out / f"{path.stem}_attention.png"
         draw_attention(image, result, target)
         print(f"{path}: {result.text or '(empty caption)'} -> {target}")
-    return 1 if failed == len(args.images) else 0
+    return exit_code(failures, args.images)
 
 
 def cmd_eval(args) -> int:
@@ -121,7 +102,7 @@ def cmd_eval(args) -> int:
     from sat_captioner import Captioner, caption_scores
     from sat_captioner.metrics import format_scores
 
-    catalog = load_catalog(_catalog_config(args))
+    catalog = load_catalog(catalog_config(args))
     products = split_catalog(catalog, read_split(args.split_file), args.split)
     if not len(products):
         raise ValueError(f"split {args.split!r} of {args.split_file} has no products")

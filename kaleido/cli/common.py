@@ -1,0 +1,50 @@
+"""What several ``kaleido`` commands share: catalog options and reading image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+
+from ..config import load_config
+from ..data import CatalogConfig, ImageLoadError, decode_image
+
+
+def add_catalog_args(parser, *, positional: bool = False, required: bool = True) -> None:
+    """``CATALOG`` (or ``--catalog``), ``--columns`` and ``--image-root``."""
+    help_ = "table (csv/parquet/jsonl), Fashion-Gen .h5, or a folder holding one"
+    if positional:
+        parser.add_argument("catalog", help=help_)
+    else:
+        parser.add_argument("--catalog", required=required, help=help_)
+    parser.add_argument("--columns", default="auto",
+                        help="column preset (fashion-products, kaleido) or auto (default)")
+    parser.add_argument("--image-root", default=None, help="folder of relative image paths")
+
+
+def catalog_overrides(args, prefix: str = "") -> list[str]:
+    """The catalog options as config overrides (``prefix`` e.g. ``"catalog."``)."""
+    items = [f"{prefix}path={args.catalog}", f"{prefix}columns={args.columns}"]
+    if args.image_root:
+        items.append(f"{prefix}image_root={args.image_root}")
+    return items
+
+
+def catalog_config(args) -> CatalogConfig:
+    return load_config(CatalogConfig, overrides=catalog_overrides(args))
+
+
+def readable_images(paths: list[Path], failures: list) -> Iterator[tuple[Path, Image.Image]]:
+    """Decode each file; report and skip unreadable ones (appended to ``failures``)."""
+    for path in paths:
+        try:
+            yield path, decode_image(path)
+        except ImageLoadError as err:
+            print(f"skipped {err}")
+            failures.append(path)
+
+
+def exit_code(failures: list, paths: list) -> int:
+    """1 when no file at all could be read, else 0."""
+    return 1 if paths and len(failures) == len(paths) else 0
