@@ -2,11 +2,14 @@
 
 On the same N real images (default 64 from ../shared/data/fashion-products), in one run:
 images/s of crop and shared mode for the offline default backbone and for resnet50, their
-ratio, and the cosine similarity of the two modes' patch features. Saliency boxes are
+ratio, and the cosine similarity of the two modes' patch features; once for the 55 patch
+features alone and once with the pre-training extras (rotated level 1, grey level 4),
+which cost crop mode 19 more passes and shared mode 4 more box passes. Saliency boxes are
 computed once (U2-Net-p) and shared by both modes, so only the patch stage is timed;
 the saliency throughput is printed on its own line.
 
-    python benchmarks/kpg.py [--images 64] [--resnet50-weights PATH] [--full-catalog DIR --out DIR]
+    python benchmarks/kpg.py [--images 64] [--extras both|on|off] [--resnet50-weights PATH]
+                             [--full-catalog DIR --out DIR]
 
 Without ImageNet ResNet-50 weights (none ship offline), resnet50 runs with explicitly
 random weights: its speed is real, its cosine similarity is not meaningful.
@@ -43,18 +46,19 @@ def time_mode(extractor, images, boxes, batch: int = 8):
     return len(images) / (time.perf_counter() - start), feats
 
 
-def bench_backbone(name, weights, images, boxes, detector) -> dict:
+def bench_backbone(name, weights, images, boxes, detector, extras: bool = True) -> dict:
     backbone = create_backbone(BackboneConfig(name=name, weights=weights))
     rows = {}
     feats = {}
     for mode in ("crop", "shared"):
-        cfg = PatchConfig(mode=mode, backbone=BackboneConfig(name=name, weights=weights))
+        cfg = PatchConfig(mode=mode, backbone=BackboneConfig(name=name, weights=weights),
+                          extras=extras)
         ips, feats[mode] = time_mode(PatchExtractor(cfg, backbone, detector), images, boxes)
         rows[mode] = ips
     a = np.concatenate([f.features for f in feats["crop"]])
     b = np.concatenate([f.features for f in feats["shared"]])
     cos = cosine(a, b)
-    return {"backbone": name, "weights": backbone.weights_source,
+    return {"backbone": name, "extras": extras, "weights": backbone.weights_source,
             "crop_img_per_s": round(rows["crop"], 2), "shared_img_per_s": round(rows["shared"], 2),
             "shared_over_crop": round(rows["shared"] / rows["crop"], 1),
             "cosine_mean": round(float(cos.mean()), 3), "cosine_p5": round(float(np.percentile(cos, 5)), 3)}
@@ -65,6 +69,8 @@ def main() -> None:
     parser.add_argument("--catalog", default="../shared/data/fashion-products")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--resnet50-weights", default=None, help="ImageNet resnet50 state dict")
+    parser.add_argument("--extras", choices=("both", "on", "off"), default="both",
+                        help="time the 55 patches alone (off), with the extras (on), or both")
     parser.add_argument("--full-catalog", default=None, help="also time a full cache build of this catalog")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_kpg"))
     args = parser.parse_args()
@@ -80,11 +86,16 @@ def main() -> None:
     print(f"saliency (u2netp): {sal_ips:.1f} img/s on {len(images)} images, "
           f"{sum(f for _, f in boxes)} fall-backs")
 
-    rows = [bench_backbone("efficientnet_lite0", "default", images, boxes, detector),
-            bench_backbone("resnet50", args.resnet50_weights or "random", images, boxes, detector)]
-    print(f"\n{'backbone':<20}{'crop img/s':>12}{'shared img/s':>14}{'ratio':>8}{'cos mean':>10}{'cos p5':>8}  weights")
+    resnet = args.resnet50_weights or "random"
+    variants = {"both": (False, True), "off": (False,), "on": (True,)}[args.extras]
+    rows = [bench_backbone(name, weights, images, boxes, detector, extras=extras)
+            for name, weights in (("efficientnet_lite0", "default"), ("resnet50", resnet))
+            for extras in variants]
+    print(f"\n{'backbone':<20}{'outputs':<24}{'crop img/s':>11}{'shared img/s':>13}{'ratio':>8}"
+          f"{'cos mean':>10}{'cos p5':>8}  weights")
     for r in rows:
-        print(f"{r['backbone']:<20}{r['crop_img_per_s']:>12}{r['shared_img_per_s']:>14}"
+        outputs = "55 patches + 19 extras" if r["extras"] else "55 patches"
+        print(f"{r['backbone']:<20}{outputs:<24}{r['crop_img_per_s']:>11}{r['shared_img_per_s']:>13}"
               f"{r['shared_over_crop']:>7}x{r['cosine_mean']:>10}{r['cosine_p5']:>8}  {r['weights']}")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"images": len(images), "saliency_img_per_s": round(sal_ips, 2), "modes": rows}
