@@ -57,3 +57,17 @@ def test_build_show_measure(run, capsys):
     assert main(["align", "measure", *args, "--no-foreground", "--json", str(root / "q.json")]) == 0
     q = json.loads((root / "q.json").read_text())
     assert q["products"] == 12 and 0 <= q["with_pairs"] <= 1
+
+
+def test_extract_one_split_only(run):
+    from kaleido.data import read_split
+    from kaleido.patches.cache import FeatureCache
+
+    root, _ = run
+    out = root / "cache_test"
+    assert main(["patches", "extract", "--catalog", str(root / "cat"), "--out", str(out),
+                 "--split-file", str(root / "split"), "--split", "test", *PATCHES]) == 0
+    split = read_split(root / "split")
+    assert set(FeatureCache(out).ids) == {pid for pid, s in split.items() if s == "test"}
+    assert main(["patches", "extract", "--catalog", str(root / "cat"), "--out", str(out),
+                 "--split", "test", *PATCHES]) == 2  # --split without --split-file

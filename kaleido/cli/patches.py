@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import load_config, save_config
-from ..data import CatalogConfig, load_catalog
+from ..data import CatalogConfig, load_catalog, read_split, split_catalog
 from ..patches.cache import build_cache, config_dict
 from ..patches.extract import PatchConfig, PatchExtractor
 from ..patches.visualize import draw_patch_grids
@@ -37,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="cache folder (resumed if it exists)")
     p.add_argument("--config", default="kaleido-saliency",
                    help="patches preset (kaleido-saliency, kaleido, fixed-grid, resnet50) or YAML")
+    p.add_argument("--split-file", type=Path, default=None, help="only products of one split")
+    p.add_argument("--split", default=None, choices=("train", "val", "test"))
     p.add_argument("--max-shards", type=int, default=None, help="stop after N shards")
     p.add_argument("overrides", nargs="*", help="e.g. patches.mode=crop shard_size=128")
     p.set_defaults(func=cmd_extract)
@@ -60,6 +62,11 @@ def cmd_extract(args) -> int:
     cfg = _config(args)
     catalog = load_catalog(cfg.catalog)
     print(catalog.report.summary())
+    if (args.split_file is None) != (args.split is None):
+        raise ValueError("--split-file and --split go together")
+    if args.split_file:
+        catalog = split_catalog(catalog, read_split(args.split_file), args.split)
+        print(f"{args.split} split: {len(catalog):,} products")
     extractor = PatchExtractor.from_config(cfg.patches)
     print(f"backbone {cfg.patches.backbone.name}: {extractor.backbone.weights_source}")
     save_config(cfg, args.out)
