@@ -203,3 +203,9 @@ def test_random_only_when_asked_and_loud(caplog):
 
 def test_list_backbones():
     assert list_backbones() == ["efficientnet_lite0", "resnet50"]
+
+
+def test_device_is_configurable():
+    backbone = create_backbone(BackboneConfig(device="cpu"))
+    assert backbone.device == torch.device("cpu")
+    assert next(backbone.parameters()).device == backbone.device

@@ -59,12 +59,14 @@ class BackboneConfig:
             only, never the network; ``"random"`` (or None): random init, logged as a warning.
         input_size: square input side of crop mode (one pass per patch).
         shared_input_size: square input side of shared mode (one pass + RoIAlign).
+        device: torch device the backbone runs on (``cpu``, ``cuda``, ``cuda:1``).
     """
 
     name: str = "efficientnet_lite0"
     weights: str | None = "default"
     input_size: int = 224
     shared_input_size: int = 384
+    device: str = "cpu"
 
 
 class Backbone(nn.Module):
@@ -99,6 +101,11 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> Backbone:
         """Stay in eval mode: a parent's ``.train()`` must not let BatchNorm statistics drift."""
         return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone's weights are."""
+        return self._mean.device
 
     def normalize(self, x: Tensor) -> Tensor:
         """Normalise images for the weights.
@@ -179,7 +186,7 @@ def create_backbone(cfg: BackboneConfig | str | None = None) -> Backbone:
                          "RANDOM INIT (not pre-trained; asked for with weights='random')")
         log.warning("backbone %s has RANDOM weights: its features are meaningless for "
                     "retrieval; use this only for tests or from-scratch training", name)
-        return backbone
+        return backbone.to(cfg.device)
 
     if weights == "default" and name in _OFFLINE_ARCH:
         path, arch = _lite0_file(), _OFFLINE_ARCH[name]
@@ -208,7 +215,7 @@ def create_backbone(cfg: BackboneConfig | str | None = None) -> Backbone:
     backbone = _wrap(model, name, arch, pretrained_cfg, source)
     log.info("backbone %s (%s, %d-d, stride %d): weights %s", name, arch, backbone.feature_dim,
              backbone.stride, source)
-    return backbone
+    return backbone.to(cfg.device)
 
 
 def _wrap(model: nn.Module, name: str, arch: str, pretrained_cfg, source: str) -> Backbone:

@@ -192,17 +192,20 @@ class PatchExtractor:
                            aligned=True)  # (K, C, k, k)
         return pooled.mean(dim=(2, 3))
 
-    def _forward_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """(V, 3, S, S) in [0, 1] -> (V, C, S/stride, S/stride), in batches."""
-        chunks = [self.backbone.forward_map(self.backbone.normalize(x[i:i + self.cfg.batch_size]))
+    def _batched(self, forward, x: torch.Tensor) -> torch.Tensor:
+        """Run ``forward`` on the backbone's device in batches; results come back as CPU float32."""
+        device = self.backbone.device
+        chunks = [forward(self.backbone.normalize(x[i:i + self.cfg.batch_size].to(device))).float().cpu()
                   for i in range(0, len(x), self.cfg.batch_size)]
-        return torch.cat(chunks).float()
+        return torch.cat(chunks)
+
+    def _forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(V, 3, S, S) in [0, 1] -> (V, C, S/stride, S/stride)."""
+        return self._batched(self.backbone.forward_map, x)
 
     def _forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """(V, 3, s, s) in [0, 1] -> (V, C), in batches."""
-        chunks = [self.backbone.forward_pooled(self.backbone.normalize(x[i:i + self.cfg.batch_size]))
-                  for i in range(0, len(x), self.cfg.batch_size)]
-        return torch.cat(chunks).float()
+        """(V, 3, s, s) in [0, 1] -> (V, C)."""
+        return self._batched(self.backbone.forward_pooled, x)
 
     # -- crop mode: every patch through the backbone on its own -----------------------------
     def _extract_crop(self, image, box, fell_back) -> PatchFeatures:
