@@ -1,0 +1,54 @@
+"""The pre-training run config: model, data, masking, tasks and training loop, one root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kaleido.model.config import KaleidoBertConfig
+from kaleido.pretrain.heads import HEAD_NAMES
+from kaleido.pretrain.masking import MaskingConfig
+from kaleido.training.config import TrainConfig
+
+
+@dataclass
+class TaskConfig:
+    """Loss weights of the seven heads. 0 switches a head off, and its corruption with it,
+    so the paper's ablations (B = ITM + AMLM, B+I, ..., B+V) are config switches."""
+
+    amlm: float = 1.0                 # aligned masked language modelling
+    itm: float = 1.0                  # image-text matching
+    rr: float = 1.0                   # I: rotation of the 1x1 patch
+    jps: float = 1.0                  # II: jigsaw of the 2x2 patches
+    cp: float = 1.0                   # III: camouflage of one 3x3 patch
+    g2cm: float = 1.0                 # IV: grey-to-colour of two 4x4 patches
+    b2cm: float = 1.0                 # V: blank-to-colour of three 5x5 patches
+    itm_negative_ratio: float = 0.5   # share of samples whose text comes from another product
+
+    def weights(self) -> dict[str, float]:
+        """``{head: weight}`` of the heads that are on."""
+        return {name: float(getattr(self, name)) for name in HEAD_NAMES if getattr(self, name) > 0}
+
+
+@dataclass
+class PretrainDataConfig:
+    """Which products feed pre-training."""
+
+    split: str = "train"          # split of --split-file to train on ("" = every cached product)
+    val_split: str = ""           # split whose losses are logged each epoch (e.g. "val"); "" = none
+    limit: int = 0                # first N products only (0 = all): quick runs
+    val_limit: int = 0            # first N validation products only (0 = all)
+    max_text_len: int = 64        # [CLS] text [SEP] tokens (the paper: 64)
+    alignments: str = ""          # alignments.jsonl; "" = CACHE/alignments.jsonl
+
+
+@dataclass
+class PretrainConfig:
+    """Root config of ``kaleido pretrain`` (presets in ``kaleido/configs/pretrain/``)."""
+
+    model: KaleidoBertConfig = field(default_factory=KaleidoBertConfig)
+    init: str = "minilm"          # minilm | none | a local HF BERT folder | a Kaleido checkpoint (multi-stage)
+    tokenizer: str = "minilm"     # minilm | a local HF tokenizer folder
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

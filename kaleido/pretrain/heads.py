@@ -1,0 +1,170 @@
+"""The seven pre-training heads (DESIGN.md stage 7), one module each.
+
+Every head reads the encoder output and the batch, and returns ``{"<name>_loss": t}``
+(plus an accuracy where one is meaningful). Patch indices are global (0..54 for the
+1x1..5x5 grids); level slices come from :func:`kaleido.patches.geometry.level_slices`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kaleido.model.config import KaleidoBertConfig
+from kaleido.model.modeling import KaleidoBertOutput
+from kaleido.patches.geometry import level_slices
+
+
+def _mlp(hidden: int, out: int, eps: float, width_in: int | None = None) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width_in or hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=eps),
+                         nn.Linear(hidden, out))
+
+
+def _level(cfg: KaleidoBertConfig, grid: int, head: str) -> slice:
+    levels = level_slices(cfg.grids)
+    if grid not in levels:
+        raise ValueError(f"the {head} head needs the {grid}x{grid} level; the model's grids are {cfg.grids}")
+    return levels[grid]
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(-1) == labels).float().mean().detach()
+
+
+class AMLMHead(nn.Module):
+    """Aligned masked language modelling: cross-entropy over the vocabulary at masked tokens.
+
+    BERT's prediction head (dense + GELU + LayerNorm, decoder tied to the word embeddings).
+    Labels are -100 where nothing is predicted.
+    """
+
+    name = "amlm"
+
+    def __init__(self, cfg: KaleidoBertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.hidden_size), nn.GELU(),
+                                       nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps))
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        self.decoder.weight = word_embeddings.weight  # tied, as in BERT
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
+        labels = batch["mlm_labels"]                                   # (B, T)
+        chosen = labels != -100
+        hidden = out.text_hidden[chosen]                               # (N, H): only masked tokens
+        if hidden.shape[0] == 0:
+            zero = out.text_hidden.sum() * 0.0
+            return {"amlm_loss": zero}
+        logits = self.decoder(self.transform(hidden))                  # (N, V)
+        target = labels[chosen]
+        return {"amlm_loss": F.cross_entropy(logits.float(), target), "amlm_acc": _accuracy(logits, target)}
+
+
+class ITMHead(nn.Module):
+    """Image-text matching from the pooled [CLS]: 1 = the text belongs to the image."""
+
+    name = "itm"
+
+    def __init__(self, cfg: KaleidoBertConfig):
+        super().__init__()
+        self.classifier = nn.Linear(cfg.hidden_size, 2)
+
+    def logits(self, out: KaleidoBertOutput) -> torch.Tensor:
+        return self.classifier(out.pooled)                             # (B, 2)
+
+    def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
+        logits = self.logits(out)
+        labels = batch["itm_labels"]
+        return {"itm_loss": F.cross_entropy(logits.float(), labels), "itm_acc": _accuracy(logits, labels)}
+
+
+class RotationHead(nn.Module):
+    """AKPM I (RR): the 1x1 patch was rotated by 0/90/180/270 degrees; 4-way classification."""
+
+    name = "rr"
+
+    def __init__(self, cfg: KaleidoBertConfig):
+        super().__init__()
+        self.index = _level(cfg, 1, "rotation").start
+        self.classifier = _mlp(cfg.hidden_size, 4, cfg.layer_norm_eps)
+
+    def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
+        logits = self.classifier(out.patch_hidden[:, self.index])     # (B, 4)
+        labels = batch["rr_labels"]
+        return {"rr_loss": F.cross_entropy(logits.float(), labels), "rr_acc": _accuracy(logits, labels)}
+
+
+class JigsawHead(nn.Module):
+    """AKPM II (JPS): which of the 24 permutations shuffled the four 2x2 patches."""
+
+    name = "jps"
+
+    def __init__(self, cfg: KaleidoBertConfig):
+        super().__init__()
+        self.level = _level(cfg, 2, "jigsaw")
+        self.classifier = _mlp(cfg.hidden_size, 24, cfg.layer_norm_eps, width_in=4 * cfg.hidden_size)
+
+    def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
+        hidden = out.patch_hidden[:, self.level]                       # (B, 4, H)
+        logits = self.classifier(hidden.flatten(1))                    # (B, 4H) -> (B, 24)
+        labels = batch["jps_labels"]
+        return {"jps_loss": F.cross_entropy(logits.float(), labels), "jps_acc": _accuracy(logits, labels)}
+
+
+class CamouflageHead(nn.Module):
+    """AKPM III (CP): which of the nine 3x3 patches comes from another product."""
+
+    name = "cp"
+
+    def __init__(self, cfg: KaleidoBertConfig):
+        super().__init__()
+        self.level = _level(cfg, 3, "camouflage")
+        self.scorer = _mlp(cfg.hidden_size, 1, cfg.layer_norm_eps)
+
+    def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
+        logits = self.scorer(out.patch_hidden[:, self.level]).squeeze(-1)   # (B, 9)
+        labels = batch["cp_labels"]
+        return {"cp_loss": F.cross_entropy(logits.float(), labels), "cp_acc": _accuracy(logits, labels)}
+
+
+class ColourHead(nn.Module):
+    """Feature reconstruction at corrupted patches, KL(softmax(target) || softmax(prediction)).
+
+    AKPM IV (G2CM): the two grey 4x4 patches; AKPM V (B2CM): the three blank 5x5 patches.
+    The batch holds ``<name>_index`` (B, k) global patch indices and ``<name>_target``
+    (B, k, D) the original colour features.
+    """
+
+    def __init__(self, cfg: KaleidoBertConfig, name: str, grid: int):
+        super().__init__()
+        self.name = name
+        _level(cfg, grid, name)
+        self.regressor = _mlp(cfg.hidden_size, cfg.feature_dim, cfg.layer_norm_eps)
+
+    def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
+        index = batch[f"{self.name}_index"]                            # (B, k)
+        target = batch[f"{self.name}_target"]                          # (B, k, D)
+        hidden = out.patch_hidden
+        picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, k, H)
+        pred = self.regressor(picked).float().flatten(0, 1)            # (B*k, D)
+        loss = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(target.float().flatten(0, 1), -1),
+                        reduction="batchmean", log_target=True)
+        return {f"{self.name}_loss": loss}
+
+
+HEAD_NAMES = ("amlm", "itm", "rr", "jps", "cp", "g2cm", "b2cm")
+
+
+def build_head(name: str, cfg: KaleidoBertConfig, word_embeddings: nn.Embedding) -> nn.Module:
+    """The head called ``name`` (one of :data:`HEAD_NAMES`)."""
+    if name == "amlm":
+        return AMLMHead(cfg, word_embeddings)
+    if name == "g2cm":
+        return ColourHead(cfg, "g2cm", 4)
+    if name == "b2cm":
+        return ColourHead(cfg, "b2cm", 5)
+    heads = {"itm": ITMHead, "rr": RotationHead, "jps": JigsawHead, "cp": CamouflageHead}
+    if name not in heads:
+        raise ValueError(f"unknown pre-training head {name!r}; known: {', '.join(HEAD_NAMES)}")
+    return heads[name](cfg)

@@ -1,0 +1,97 @@
+"""``pretrain(...)``: build the data, the model and the task from a config, then train."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from kaleido.alignment.store import load_alignments
+from kaleido.config import save_config
+from kaleido.data import Catalog, read_split, split_catalog
+from kaleido.model import KaleidoProcessor, create_model, is_kaleido_checkpoint
+from kaleido.patches.cache import FeatureCache
+from kaleido.pretrain.config import PretrainConfig
+from kaleido.pretrain.data import PretrainDataset, collate_pretrain
+from kaleido.pretrain.task import PretrainTask
+from kaleido.training import Trainer
+
+log = logging.getLogger(__name__)
+
+FINAL = "final"
+
+
+def _products(catalog: Catalog, split_file, split: str, limit: int):
+    if split and split_file is None:
+        raise ValueError(f"data split {split!r} asked for but no --split-file given")
+    products = list(split_catalog(catalog, read_split(split_file), split) if split else catalog)
+    if split and not products:
+        raise ValueError(f"split {split!r} of {split_file} has no products")
+    return products[:limit] if limit else products
+
+
+def build_task(cfg: PretrainConfig, feature_dim: int) -> PretrainTask:
+    """The model (weights from ``cfg.init``) and the heads that are on."""
+    if cfg.init not in ("", "none") and is_kaleido_checkpoint(cfg.init):
+        model = create_model(cfg.model, pretrained=cfg.init)
+        if model.config.feature_dim != feature_dim:
+            raise ValueError(f"checkpoint {cfg.init} takes {model.config.feature_dim}-d patch features; "
+                             f"this cache has {feature_dim}-d ones (another backbone)")
+        task = PretrainTask(model, cfg.tasks)
+        loaded = task.load_heads(cfg.init)
+        log.info("multi-stage: encoder and heads %s from %s", loaded, cfg.init)
+        return task
+    model_cfg = cfg.model
+    if model_cfg.feature_dim != feature_dim:
+        log.info("model.feature_dim set to the cache's %d", feature_dim)
+        model_cfg = dataclasses.replace(model_cfg, feature_dim=feature_dim)
+    pretrained = False if cfg.init in ("", "none") else cfg.init
+    return PretrainTask(create_model(model_cfg, pretrained=pretrained), cfg.tasks)
+
+
+def pretrain(cfg: PretrainConfig, catalog: Catalog, cache: str | Path, out: str | Path,
+             split_file: str | Path | None = None):
+    """Pre-train Kaleido-BERT on a catalog's cached patches and alignments.
+
+    Args:
+        cfg: the run config (``kaleido/configs/pretrain/*.yaml`` + overrides).
+        catalog: the products (titles, categories).
+        cache: the ``kaleido patches extract`` folder (its ``alignments.jsonl`` is used
+            unless ``cfg.data.alignments`` names another file).
+        out: the run folder; an existing run there is resumed.
+        split_file: ``split.csv`` (or its folder) when ``cfg.data.split`` is set.
+
+    Returns:
+        The training loop's result; the model is in ``OUT/final`` (Kaleido-BERT folder
+        with its processor and the pre-training heads).
+    """
+    out = Path(out)
+    features = FeatureCache(cache)
+    if not features.complete:
+        raise ValueError(f"feature cache {cache} is incomplete; finish `kaleido patches extract` first")
+    alignments = None
+    if cfg.masking.strategy == "agm":
+        path = Path(cfg.data.alignments) if cfg.data.alignments else Path(cache) / "alignments.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"alignment-guided masking needs {path}: run `kaleido align build` "
+                                    "first, or use masking.strategy=random")
+        alignments = load_alignments(path)
+    processor = KaleidoProcessor.default(cfg.data.max_text_len, cfg.tokenizer, features.meta["grids"])
+    data = partial(PretrainDataset, cache=features, alignments=alignments, processor=processor,
+                   masking=cfg.masking, tasks=cfg.tasks, seed=cfg.train.seed)
+    train = data(_products(catalog, split_file, cfg.data.split, cfg.data.limit))
+    val = data(_products(catalog, split_file, cfg.data.val_split, cfg.data.val_limit)) \
+        if cfg.data.val_split else None
+    log.info("pre-training on %d products (%.1f%% with aligned pairs)%s", len(train),
+             100 * train.aligned_share, f", validating on {len(val)}" if val else "")
+    torch.manual_seed(cfg.train.seed)  # the heads' (and a random model's) initial weights
+    task = build_task(cfg, features.feature_dim)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    collate = partial(collate_pretrain, pad_id=processor.tokenizer.pad_token_id)
+    result = Trainer(task, train, cfg.train, out, collate_fn=collate, val_data=val).fit()
+    processor.save_pretrained(out / FINAL)
+    return result
