@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "== kaleido demo on the bundled sample (data/sample): the stages that exist so far =="
+	@echo "== kaleido demo on the bundled sample (data/sample): every stage, at a demo budget =="
 	$(K) data inspect data/sample --json $(DEMO)/inspect.json
 	$(K) data split data/sample --out $(DEMO)/split
 	$(K) saliency predict $(DEMO_IMAGES) --out $(DEMO)/saliency
@@ -40,7 +40,13 @@ demo: $(STAMP)
 	$(K) align build --catalog data/sample --cache $(DEMO)/cache --sat $(DEMO)/sat
 	$(K) align show 10047 --catalog data/sample --cache $(DEMO)/cache --out $(DEMO)/align_10047.png
 	$(K) align measure --catalog data/sample --cache $(DEMO)/cache --split-file $(DEMO)/split --split test
-	@echo "== done: pictures and outputs in $(DEMO)/ (saliency/, patches/, cache/, sat/, align_10047.png) =="
+	$(K) pretrain --catalog data/sample --cache $(DEMO)/cache --split-file $(DEMO)/split --out $(DEMO)/pretrain train.max_steps=60 train.batch_size=16
+	for task in retrieval category caption; do \
+		$(K) finetune $$task --from $(DEMO)/pretrain/final --catalog data/sample --cache $(DEMO)/cache \
+			--split-file $(DEMO)/split --out $(DEMO)/finetune/$$task train.max_steps=40 || exit 1; done
+	$(K) eval --checkpoint $(DEMO)/finetune --catalog data/sample --cache $(DEMO)/cache --split-file $(DEMO)/split \
+		--split test --json $(DEMO)/eval.json kb101.queries=30 kb101.negatives=20 kb101.draws=2 full_catalog=30
+	@echo "== done: pictures and outputs in $(DEMO)/ (saliency/, patches/, cache/, sat/, align_10047.png, pretrain/loss_curves.png, eval.json) =="
 
 test: $(STAMP)
 	$(PY) -m pytest -q

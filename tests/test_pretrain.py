@@ -125,7 +125,7 @@ def test_agm_never_masks_both_sides_of_an_aligned_pair(pretrain_data):
 
 
 def test_negative_texts_come_from_the_same_subcategory_when_possible(pretrain_data):
-    data = _dataset(pretrain_data, tasks=TaskConfig(itm_negative_ratio=1.0))
+    data = _dataset(pretrain_data, tasks=TaskConfig(itm_negative_ratio=1.0, itm_hard_ratio=1.0))
     subcats = [p.subcategory for p in data.products]
     for i in range(len(data)):
         s = data[i]

@@ -12,6 +12,7 @@ import torch
 from kaleido.patches.geometry import KALEIDO_GRIDS, num_patches
 
 PROCESSOR_NAME = "processor_config.json"
+TOKENIZER_DIR = "tokenizer"
 
 
 class KaleidoProcessor:
@@ -75,7 +76,8 @@ class KaleidoProcessor:
     def save_pretrained(self, path: str | Path) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(str(path))
+        # In its own folder: AutoTokenizer would otherwise read the model's config.json.
+        self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
         (path / PROCESSOR_NAME).write_text(json.dumps(
             {"max_text_len": self.max_text_len, "grids": self.grids}, indent=2) + "\n")
         return path
@@ -89,5 +91,8 @@ class KaleidoProcessor:
         if not file.is_file():
             raise FileNotFoundError(f"{path}: no {PROCESSOR_NAME}; not a saved Kaleido processor")
         cfg = json.loads(file.read_text())
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        folder = path / TOKENIZER_DIR
+        if not folder.is_dir():  # written before the tokenizer had its own folder
+            folder = path
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         return cls(tokenizer, cfg["max_text_len"], cfg["grids"])

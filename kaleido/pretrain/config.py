@@ -23,6 +23,7 @@ class TaskConfig:
     g2cm: float = 1.0                 # IV: grey-to-colour of two 4x4 patches
     b2cm: float = 1.0                 # V: blank-to-colour of three 5x5 patches
     itm_negative_ratio: float = 0.5   # share of samples whose text comes from another product
+    itm_hard_ratio: float = 0.5       # share of those negatives from the same subcategory (else any product)
 
     def weights(self) -> dict[str, float]:
         """``{head: weight}`` of the heads that are on."""

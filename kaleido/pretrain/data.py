@@ -59,6 +59,7 @@ class PretrainDataset(Dataset):
         self.weights = tasks.weights()
         self.seed, self.epoch = seed, 0
         self.levels = level_slices(processor.grids)
+        self.finest = max(processor.grids)  # the blank-to-colour level
         tok = processor.tokenizer
         self.mask_id, self.vocab_size = tok.mask_token_id, len(tok)
         self.special_ids = set(tok.all_special_ids)
@@ -74,9 +75,10 @@ class PretrainDataset(Dataset):
         self.aligned_share = float(np.mean([bool(x) for x in self.pairs]))
         self.negatives = NegativeSampler(np.array([p.subcategory or "" for p in self.products]),
                                          np.array([p.category or "" for p in self.products]))
-        if "g2cm" in self.weights and cache.meta.get("extras") is False:
-            raise ValueError(f"cache {cache.root} has no grey patches (built without extras); "
-                             "rebuild it or set tasks.g2cm=0")
+        for task, what in (("g2cm", "grey"), ("rr", "rotated")):
+            if task in self.weights and cache.meta.get("extras") is False:
+                raise ValueError(f"cache {cache.root} has no {what} patches (built without extras); "
+                                 f"rebuild it or set tasks.{task}=0")
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop: new masks and corruptions each epoch."""
@@ -89,7 +91,13 @@ class PretrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         w = self.weights
         negative = "itm" in w and rng.random() < self.tasks.itm_negative_ratio
-        text_index = self.negatives.sample(index, rng) if negative else index
+        text_index = index
+        if negative:  # hard (same subcategory first) or any other product
+            if rng.random() < self.tasks.itm_hard_ratio:
+                text_index = self.negatives.sample(index, rng)
+            else:
+                text_index = int(rng.integers(len(self.products) - 1))
+                text_index += text_index >= index
         ids = self.text_ids[text_index]
         # Alignments tie this product's text to its own patches; a borrowed text has none.
         pairs = [] if negative else self.pairs[index]
@@ -121,8 +129,9 @@ class PretrainDataset(Dataset):
             features = grey_level4(features, item.grey, plan.patches[4], self.levels)
             sample["g2cm_index"], sample["g2cm_target"] = plan.patches[4], original[plan.patches[4]]
         if "b2cm" in w:
-            features = blank_level5(features, plan.patches[5])
-            sample["b2cm_index"], sample["b2cm_target"] = plan.patches[5], original[plan.patches[5]]
+            blank = plan.patches[self.finest]
+            features = blank_level5(features, blank)
+            sample["b2cm_index"], sample["b2cm_target"] = blank, original[blank]
         sample["patch_features"] = features.astype(np.float32)
         sample["patch_positions"] = item.positions.astype(np.float32)
         return sample

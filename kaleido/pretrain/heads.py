@@ -131,7 +131,8 @@ class CamouflageHead(nn.Module):
 class ColourHead(nn.Module):
     """Feature reconstruction at corrupted patches, KL(softmax(target) || softmax(prediction)).
 
-    AKPM IV (G2CM): the two grey 4x4 patches; AKPM V (B2CM): the three blank 5x5 patches.
+    AKPM IV (G2CM): the two grey 4x4 patches; AKPM V (B2CM): the three blank 5x5 patches
+    (on a single fixed grid, FashionBERT's masked patch modelling: its blanked patches).
     The batch holds ``<name>_index`` (B, k) global patch indices and ``<name>_target``
     (B, k, D) the original colour features.
     """
@@ -162,8 +163,8 @@ def build_head(name: str, cfg: KaleidoBertConfig, word_embeddings: nn.Embedding)
         return AMLMHead(cfg, word_embeddings)
     if name == "g2cm":
         return ColourHead(cfg, "g2cm", 4)
-    if name == "b2cm":
-        return ColourHead(cfg, "b2cm", 5)
+    if name == "b2cm":  # the finest level: 5x5 for kaleido patches, 8x8 for FashionBERT's grid
+        return ColourHead(cfg, "b2cm", max(cfg.grids))
     heads = {"itm": ITMHead, "rr": RotationHead, "jps": JigsawHead, "cp": CamouflageHead}
     if name not in heads:
         raise ValueError(f"unknown pre-training head {name!r}; known: {', '.join(HEAD_NAMES)}")

@@ -17,7 +17,7 @@ from kaleido.patches.cache import FeatureCache
 from kaleido.pretrain.config import PretrainConfig
 from kaleido.pretrain.data import PretrainDataset, collate_pretrain
 from kaleido.pretrain.task import PretrainTask
-from kaleido.training import Trainer
+from kaleido.training import Trainer, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,21 @@ def _products(catalog: Catalog, split_file, split: str, limit: int):
     return products[:limit] if limit else products
 
 
-def build_task(cfg: PretrainConfig, feature_dim: int) -> PretrainTask:
+def build_task(cfg: PretrainConfig, feature_dim: int, grids=(1, 2, 3, 4, 5)) -> PretrainTask:
     """The model (weights from ``cfg.init``) and the heads that are on."""
     if cfg.init not in ("", "none") and is_kaleido_checkpoint(cfg.init):
         model = create_model(cfg.model, pretrained=cfg.init)
-        if model.config.feature_dim != feature_dim:
-            raise ValueError(f"checkpoint {cfg.init} takes {model.config.feature_dim}-d patch features; "
-                             f"this cache has {feature_dim}-d ones (another backbone)")
+        if (model.config.feature_dim, model.config.grids) != (feature_dim, list(grids)):
+            raise ValueError(f"checkpoint {cfg.init} takes {model.config.feature_dim}-d features on grids "
+                             f"{model.config.grids}; this cache has {feature_dim}-d ones on {list(grids)}")
         task = PretrainTask(model, cfg.tasks)
         loaded = task.load_heads(cfg.init)
         log.info("multi-stage: encoder and heads %s from %s", loaded, cfg.init)
         return task
     model_cfg = cfg.model
-    if model_cfg.feature_dim != feature_dim:
-        log.info("model.feature_dim set to the cache's %d", feature_dim)
-        model_cfg = dataclasses.replace(model_cfg, feature_dim=feature_dim)
+    if (model_cfg.feature_dim, model_cfg.grids) != (feature_dim, list(grids)):
+        log.info("model patches set to the cache's: %d-d features, grids %s", feature_dim, list(grids))
+        model_cfg = dataclasses.replace(model_cfg, feature_dim=feature_dim, grids=list(grids))
     pretrained = False if cfg.init in ("", "none") else cfg.init
     return PretrainTask(create_model(model_cfg, pretrained=pretrained), cfg.tasks)
 
@@ -88,10 +88,12 @@ def pretrain(cfg: PretrainConfig, catalog: Catalog, cache: str | Path, out: str 
     log.info("pre-training on %d products (%.1f%% with aligned pairs)%s", len(train),
              100 * train.aligned_share, f", validating on {len(val)}" if val else "")
     torch.manual_seed(cfg.train.seed)  # the heads' (and a random model's) initial weights
-    task = build_task(cfg, features.feature_dim)
+    task = build_task(cfg, features.feature_dim, features.meta["grids"])
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    if is_main_process():
+        save_config(cfg, out)
     collate = partial(collate_pretrain, pad_id=processor.tokenizer.pad_token_id)
     result = Trainer(task, train, cfg.train, out, collate_fn=collate, val_data=val).fit()
-    processor.save_pretrained(out / FINAL)
+    if is_main_process():
+        processor.save_pretrained(out / FINAL)
     return result

@@ -48,8 +48,12 @@ log = logging.getLogger(__name__)
 
 
 def is_main_process() -> bool:
-    """True outside ``torch.distributed`` and on rank 0 inside it (the rank that writes files)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """True outside ``torch.distributed`` and on rank 0 inside it (the rank that writes files).
+
+    Before the process group exists, torchrun's ``RANK`` variable decides."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -149,11 +153,12 @@ class Trainer:
         out_dir: the run folder (resumed when it holds ``checkpoints/last``).
         collate_fn: builds a batch from samples (default: torch's ``default_collate``).
         val_data: optional dataset validated under ``no_grad`` in eval mode.
+        val_collate_fn: the validation set's collate function (default: ``collate_fn``).
     """
 
     def __init__(self, task: nn.Module, train_data: Dataset, cfg: TrainConfig,
                  out_dir: str | Path, collate_fn: Callable | None = None,
-                 val_data: Dataset | None = None) -> None:
+                 val_data: Dataset | None = None, val_collate_fn: Callable | None = None) -> None:
         for name, data in (("train_data", train_data), ("val_data", val_data)):
             if data is not None and not hasattr(data, "__len__"):
                 raise TypeError(f"{name} must be a map-style dataset with __len__, "
@@ -163,6 +168,7 @@ class Trainer:
         self.task, self.cfg = task, cfg
         self.train_data, self.val_data = train_data, val_data
         self.collate_fn = collate_fn
+        self.val_collate_fn = val_collate_fn or collate_fn
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
 
@@ -329,12 +335,12 @@ class Trainer:
     # --------------------------------------------------------------- helpers
 
     def _loader(self, data: Dataset, sampler: ResumableSampler, epoch: int,
-                device: torch.device) -> DataLoader:
+                device: torch.device, collate_fn: Callable | None = None) -> DataLoader:
         # A private generator: creating the iterator must not draw from the global RNG,
         # or a run resumed mid-epoch would see other dropout than an uninterrupted one.
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler,
-                          collate_fn=self.collate_fn, num_workers=self.cfg.num_workers,
+                          collate_fn=collate_fn or self.collate_fn, num_workers=self.cfg.num_workers,
                           pin_memory=device.type == "cuda", generator=gen)
 
     def _optimizer_step(self, optimizer, scheduler, scaler) -> float:
@@ -381,7 +387,7 @@ class Trainer:
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # keeps the training RNG stream intact
             torch.manual_seed(cfg.seed + self.rank)
-            loader = self._loader(self.val_data, sampler, 0, device)
+            loader = self._loader(self.val_data, sampler, 0, device, self.val_collate_fn)
             for batch, size in zip(loader, sampler.batch_sizes()):
                 with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
                     out = _scalars(task(move_to_device(batch, device, True)), device)

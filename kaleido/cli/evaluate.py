@@ -1,0 +1,59 @@
+"""``kaleido eval``: the paper's Tables 2 and 3 (and full-catalog retrieval) for a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import load_config, save_config
+from .common import add_catalog_args, catalog_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="KB-101 retrieval, category / subcategory, captioning metrics")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="fine-tuning root (retrieval/ category/ caption/), one task folder, or a "
+                        "pre-training final/ (zero-shot retrieval)")
+    add_catalog_args(p)
+    p.add_argument("--cache", type=Path, required=True, help="feature cache of `kaleido patches extract`")
+    p.add_argument("--split-file", type=Path, required=True, help="split.csv or its folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--name", default=None, help="system name in the tables (default: the checkpoint folder)")
+    p.add_argument("--json", type=Path, default=None, help="write every figure as JSON (config beside it)")
+    p.add_argument("overrides", nargs="*", help="e.g. kb101.queries=200 kb101.draws=5 full_catalog=500")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from ..data import load_catalog
+    from ..evaluation.evaluate import EvalConfig, evaluate, find_checkpoints
+    from ..evaluation.tables import format_full_catalog, format_table2, format_table3, to_jsonable
+    from ..finetune import split_products
+
+    cfg = load_config(EvalConfig, None, list(args.overrides))
+    catalog = load_catalog(catalog_config(args))
+    products = split_products(catalog, args.split_file, args.split)
+    checkpoints = find_checkpoints(args.checkpoint)
+    print(f"{args.split}: {len(products)} products; tasks: "
+          + ", ".join(f"{k} ({v})" for k, v in checkpoints.items()))
+    result = evaluate(checkpoints, products, args.cache, cfg)
+    name = args.name or args.checkpoint.name
+    if "retrieval" in result:
+        r = result["retrieval"]
+        print(f"\nTable 2 (KB-101 retrieval; {r['sampling']})\n" + format_table2({name: r}))
+        if "full_catalog" in r:
+            print(f"\nFull-catalog retrieval ({r['full_catalog']['products']} products)\n"
+                  + format_full_catalog({name: r["full_catalog"]}))
+    if {"category", "subcategory", "caption"} & set(result):
+        row = {k: result[k] for k in ("category", "subcategory") if k in result}
+        if "caption" in result:
+            row["caption"] = result["caption"]["scores"]
+        print("\nTable 3 (category, subcategory, captioning)\n" + format_table3({name: row}))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"name": name, "checkpoint": str(args.checkpoint), "split": args.split,
+                   "checkpoints": {k: str(v) for k, v in checkpoints.items()}, **result}
+        args.json.write_text(json.dumps(to_jsonable(payload), indent=2))
+        save_config(cfg, args.json.parent, f"{args.json.stem}.config.yaml")
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,38 @@
+"""``kaleido finetune``: retrieval, category or captioning from a pre-trained Kaleido-BERT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import load_config, save_config
+from .common import add_catalog_args, catalog_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a downstream task (retrieval, category, caption)")
+    p.add_argument("task", choices=("retrieval", "category", "caption"))
+    p.add_argument("--from", dest="init", required=True,
+                   help="a pre-training run's final/ folder, or minilm / none (no pre-training)")
+    add_catalog_args(p)
+    p.add_argument("--cache", type=Path, required=True, help="feature cache of `kaleido patches extract`")
+    p.add_argument("--split-file", type=Path, required=True, help="split.csv or its folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder (resumed when it holds a checkpoint)")
+    p.add_argument("--config", default="default", help="finetune preset (default, tiny) or YAML file")
+    p.add_argument("overrides", nargs="*", help="e.g. retrieval.loss=triplet train.epochs=1 caption.mode=mask_all")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args) -> int:
+    from ..data import load_catalog
+    from ..finetune import FinetuneConfig, finetune
+
+    cfg = load_config(FinetuneConfig, args.config, list(args.overrides), component="finetune")
+    catalog_cfg = catalog_config(args)
+    catalog = load_catalog(catalog_cfg)
+    print(catalog.report.summary())
+    save_config(catalog_cfg, args.out, "catalog.yaml")
+    result = finetune(args.task, cfg, catalog, args.cache, args.init, args.out, split_file=args.split_file)
+    last = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.last.items()))
+    print(f"{args.task}: {result.steps} steps in {result.wall_s / 60:.1f} min; last logged: {last}")
+    print(f"model: {args.out / 'final'}")
+    return 0

@@ -1,0 +1,124 @@
+"""``finetune(kind, ...)``: one downstream task on the shared training loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from kaleido.config import save_config
+from kaleido.data import Catalog, read_split, split_catalog
+from kaleido.finetune.caption import CaptionCollator, CaptionTask
+from kaleido.finetune.category import CategoryCollator, CategoryDataset, CategoryTask, label_names
+from kaleido.finetune.config import KINDS, FinetuneConfig
+from kaleido.finetune.pairs import PairInputs
+from kaleido.finetune.retrieval import PairCollator, RetrievalDataset, RetrievalTask
+from kaleido.model import KaleidoProcessor, create_model, is_kaleido_checkpoint
+from kaleido.model.processor import PROCESSOR_NAME
+from kaleido.patches.cache import FeatureCache
+from kaleido.training import Trainer, is_main_process
+
+log = logging.getLogger(__name__)
+
+FINAL = "final"
+
+
+def split_products(catalog: Catalog, split_file, split: str, limit: int = 0) -> list:
+    """The products of one split (all when ``split`` is empty), the first ``limit`` of them."""
+    if split and split_file is None:
+        raise ValueError(f"split {split!r} asked for but no --split-file given")
+    products = list(split_catalog(catalog, read_split(split_file), split) if split else catalog)
+    if split and not products:
+        raise ValueError(f"split {split!r} of {split_file} has no products")
+    return products[:limit] if limit else products
+
+
+def load_processor(init: str | Path, max_text_len: int, grids) -> KaleidoProcessor:
+    """The processor saved with a checkpoint, else the offline default."""
+    if init and (Path(init) / PROCESSOR_NAME).is_file():
+        return KaleidoProcessor.from_pretrained(init)
+    return KaleidoProcessor.default(max_text_len, grids=grids)
+
+
+def start_model(cfg: FinetuneConfig, init: str, feature_dim: int, grids=(1, 2, 3, 4, 5)):
+    """The encoder to fine-tune: a Kaleido-BERT folder, or ``minilm`` / ``none`` (no pre-training)."""
+    if init and is_kaleido_checkpoint(init):
+        model = create_model(pretrained=init)
+        if model.config.feature_dim != feature_dim:
+            raise ValueError(f"{init} takes {model.config.feature_dim}-d patch features; the cache has "
+                             f"{feature_dim}-d ones (another backbone)")
+        return model
+    if init not in ("minilm", "none", ""):
+        raise FileNotFoundError(f"--from {init}: not a Kaleido-BERT folder (a pre-training run's "
+                                "final/), nor minilm / none")
+    return create_model(cfg.model, pretrained=init == "minilm", feature_dim=feature_dim, grids=list(grids))
+
+
+def build_task(kind: str, cfg: FinetuneConfig, model, train: PairInputs):
+    """The task module of one fine-tuning kind (category labels come from ``train``)."""
+    if kind == "retrieval":
+        return RetrievalTask(model, cfg.retrieval)
+    if kind == "category":
+        labels = {t: label_names(train.products, t) for t in cfg.category.targets}
+        for t, names in labels.items():
+            if len(names) < 2:
+                raise ValueError(f"the training products have {len(names)} {t} label(s); need at least 2")
+        return CategoryTask(model, cfg.category, labels)
+    if kind == "caption":
+        return CaptionTask(model, cfg.caption)
+    raise ValueError(f"unknown fine-tuning task {kind!r}; one of {KINDS}")
+
+
+def build_data(task, pairs: PairInputs, seed: int):
+    """(dataset, collate function) of ``task`` over ``pairs``."""
+    if isinstance(task, RetrievalTask):
+        return RetrievalDataset(pairs, task.cfg, seed), PairCollator(pairs)
+    if isinstance(task, CategoryTask):
+        return CategoryDataset(pairs, task.labels), CategoryCollator(pairs, task.cfg.inputs)
+    return list(range(len(pairs))), CaptionCollator(pairs, task.cfg)
+
+
+def finetune(kind: str, cfg: FinetuneConfig, catalog: Catalog, cache: str | Path, init: str | Path,
+             out: str | Path, split_file: str | Path | None = None):
+    """Fine-tune Kaleido-BERT for retrieval, category or captioning.
+
+    Args:
+        kind: ``retrieval``, ``category`` or ``caption``.
+        cfg: the run config.
+        catalog: the products.
+        cache: their patch features (``kaleido patches extract``).
+        init: a pre-training run's ``final/`` folder (its heads seed the task heads where
+            they fit), or ``minilm`` / ``none`` for a model without pre-training.
+        out: the run folder (resumed when it holds a checkpoint); the model lands in ``OUT/final``.
+        split_file: ``split.csv`` (or its folder).
+
+    Returns:
+        The training loop's result.
+    """
+    out, init = Path(out), str(init)
+    features = FeatureCache(cache)
+    processor = load_processor(init, cfg.data.max_text_len, features.meta["grids"])
+    train = PairInputs(split_products(catalog, split_file, cfg.data.split, cfg.data.limit), features, processor)
+    torch.manual_seed(cfg.train.seed)
+    model = start_model(cfg, init, features.feature_dim, features.meta["grids"])
+    task = build_task(kind, cfg, model, train)
+    data, collate = build_data(task, train, cfg.train.seed)
+    if hasattr(task, "init_from_pretraining") and is_kaleido_checkpoint(init):
+        log.info("%s head from the pre-trained heads: %s", kind, task.init_from_pretraining(init))
+    val = val_collate = None
+    if cfg.data.val_split:
+        val_pairs = PairInputs(split_products(catalog, split_file, cfg.data.val_split, cfg.data.val_limit),
+                               features, processor)
+        if len(val_pairs) < 2:
+            log.warning("validation split %r has %d product(s); validation skipped", cfg.data.val_split,
+                        len(val_pairs))
+        else:
+            val, val_collate = build_data(task, val_pairs, cfg.train.seed + 1)
+    if is_main_process():
+        save_config(cfg, out, "config.yaml")
+    result = Trainer(task, data, cfg.train, out, collate_fn=collate, val_data=val,
+                     val_collate_fn=val_collate).fit()
+    if is_main_process():
+        processor.save_pretrained(out / FINAL)
+    return result

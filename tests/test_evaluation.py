@@ -1,0 +1,306 @@
+"""KB-101 sampling, retrieval / classification metrics and the paper tables (fast, CPU, seeded)."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from kaleido.evaluation import (
+    KB101Config,
+    RetrievalDraw,
+    classification_metrics,
+    describe,
+    format_full_catalog,
+    format_table2,
+    format_table3,
+    full_catalog_ranks,
+    ranks_from_scores,
+    recall_at_k,
+    retrieval_summary,
+    sample_draw,
+    sample_kb101,
+    to_jsonable,
+)
+
+# (category, subcategory, size): A's subcategories can fill each other, B (50 products) and C
+# (70) are smaller than 101 candidates, so their fill-ins reach outside the category; "" is
+# the unknown subcategory, a label of its own.
+LAYOUT = [("A", "a1", 150), ("A", "a2", 40), ("A", "a3", 5),
+          ("B", "b1", 30), ("B", "b2", 20),
+          ("C", "c1", 60), ("C", "", 10)]
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    cats = [c for c, _, n in LAYOUT for _ in range(n)]
+    subs = [s for _, s, n in LAYOUT for _ in range(n)]
+    order = np.random.default_rng(7).permutation(len(cats))  # labels not sorted by index
+    return np.array(subs)[order], np.array(cats)[order]
+
+
+@pytest.fixture(scope="module")
+def draws(catalog):
+    subs, cats = catalog
+    return sample_kb101(subs, cats, KB101Config(queries=200, negatives=100, draws=3, seed=11))
+
+
+def _tiers(subs, cats, draw):
+    """(Q, N) tier of every negative: 0 same subcategory, 1 same category, 2 elsewhere."""
+    q = draw.candidates[:, :1]
+    neg = draw.candidates[:, 1:]
+    same_sub = subs[neg] == subs[q]
+    same_cat = cats[neg] == cats[q]
+    return np.where(same_sub, 0, np.where(same_cat, 1, 2))
+
+
+def test_draw_shapes_positive_first_and_distinct_negatives(catalog, draws):
+    subs, _ = catalog
+    assert len(draws) == 3
+    for d in draws:
+        assert d.queries.shape == (200,) and d.candidates.shape == (200, 101)
+        assert len(np.unique(d.queries)) == 200
+        np.testing.assert_array_equal(d.candidates[:, 0], d.queries)
+        assert not (d.candidates[:, 1:] == d.queries[:, None]).any()
+        assert all(len(np.unique(row)) == 101 for row in d.candidates)
+        assert d.candidates.min() >= 0 and d.candidates.max() < len(subs)
+
+
+def test_negatives_tiers_and_counters(catalog, draws):
+    subs, cats = catalog
+    size = {s: n for _, s, n in LAYOUT}
+    cat_size = {c: sum(n for c2, _, n in LAYOUT if c2 == c) for c, _, _ in LAYOUT}
+    seen = set()
+    for d in draws:
+        tiers = _tiers(subs, cats, d)
+        assert d.from_subcategory == (tiers == 0).sum()
+        assert d.filled_from_category == (tiers == 1).sum()
+        assert d.filled_from_any == (tiers == 2).sum()
+        for q, row in zip(d.queries, tiers):
+            s, c = subs[q], cats[q]
+            counts = np.bincount(row, minlength=3)
+            seen.add(s)
+            if size[s] - 1 >= 100:  # big subcategory: only same-subcategory negatives
+                assert counts[0] == 100
+            else:  # every other product of the subcategory, then the category, then anywhere
+                assert counts[0] == size[s] - 1
+                assert counts[1] == min(100 - counts[0], cat_size[c] - size[s])
+                assert counts[2] == 100 - counts[0] - counts[1]
+    assert seen == set(size)  # every subcategory, the unknown "" included, was a query
+    # the hand-made layout exercises all three tiers
+    assert all(d.filled_from_category > 0 and d.filled_from_any > 0 for d in draws)
+
+
+def test_unknown_subcategory_is_a_label_of_its_own(catalog, draws):
+    subs, cats = catalog
+    d = draws[0]
+    rows = subs[d.queries] == ""
+    assert rows.any()
+    negs = d.candidates[rows, 1:]
+    assert ((subs[negs] == "").sum(axis=1) == 9).all()  # the 9 other unknowns come first
+    assert (subs[negs[:, :9]] == "").all()
+
+
+def test_draws_are_seeded(catalog, draws):
+    subs, cats = catalog
+    cfg = KB101Config(queries=200, negatives=100, draws=3, seed=11)
+    again = sample_draw(subs, cats, cfg, draw=1)
+    np.testing.assert_array_equal(again.candidates, draws[1].candidates)
+    assert again.filled_from_any == draws[1].filled_from_any
+    assert not np.array_equal(draws[0].queries, draws[1].queries)
+    other_seed = sample_draw(subs, cats, KB101Config(queries=200, negatives=100, seed=12), draw=1)
+    assert not np.array_equal(other_seed.candidates, draws[1].candidates)
+
+
+def test_query_cap_and_describe(catalog, caplog):
+    subs, cats = catalog
+    d = sample_kb101(subs, cats, KB101Config(queries=1000, negatives=100, draws=2))
+    assert "every product is a query" in caplog.text
+    n = len(subs)
+    assert all(sorted(x.queries.tolist()) == list(range(n)) for x in d)
+    text = describe(d)
+    total = 2 * n * 100
+    assert text.startswith(f"2 draws x {n} queries x 101 candidates; negatives: ")
+    share = 100 * sum(x.filled_from_any for x in d) / total
+    assert f"{share:.1f}% from anywhere" in text
+    assert f"capped at the catalog's {n} products; 1000 requested" in text
+    assert "capped" not in describe(sample_kb101(subs, cats, KB101Config(queries=50, draws=1)))
+
+
+def test_errors_name_the_problem(catalog):
+    subs, cats = catalog
+    with pytest.raises(ValueError, match=r"has 40 products.*negatives to at most 39"):
+        sample_draw(subs[:40], cats[:40], KB101Config(), draw=0)
+    with pytest.raises(ValueError, match="one label per product"):
+        sample_kb101(subs, cats[:-1])
+    with pytest.raises(ValueError, match="KB101Config.draws"):
+        sample_kb101(subs, cats, KB101Config(draws=0))
+    # exactly negatives + 1 products is enough: every other product is a negative
+    d = sample_draw(subs[:101], cats[:101], KB101Config(queries=3), draw=0)
+    assert sorted(d.candidates[0].tolist()) == list(range(101))
+
+
+def test_large_catalog_is_cheap():
+    rng = np.random.default_rng(0)
+    sub = rng.zipf(1.6, 40_000) % 120
+    d = sample_draw(sub.astype(str), (sub % 40).astype(str), KB101Config(), draw=0)
+    assert d.candidates.shape == (1000, 101)
+    assert d.from_subcategory + d.filled_from_category + d.filled_from_any == 100_000
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_ranks_from_known_scores():
+    scores = np.array([[0.9, 0.1, 0.5, 0.2],
+                       [0.5, 0.8, 0.3, 0.9],
+                       [0.1, 0.2, 0.3, 0.4]])
+    np.testing.assert_array_equal(ranks_from_scores(scores), [1, 3, 4])
+    np.testing.assert_array_equal(ranks_from_scores(scores, np.array([0, 3, 2])), [1, 1, 2])
+    assert ranks_from_scores(scores).dtype == np.int64
+
+
+def test_ties_are_pessimistic():
+    assert (ranks_from_scores(np.zeros((4, 7))) == 7).all()  # a collapsed scorer ranks last
+    np.testing.assert_array_equal(ranks_from_scores([[0.5, 0.5, 0.1], [0.5, 0.7, 0.5]]), [2, 3])
+    assert recall_at_k(ranks_from_scores(np.ones((10, 101))))["R@10"] == 0.0
+
+
+def test_rank_errors():
+    with pytest.raises(ValueError, match="NaN"):
+        ranks_from_scores([[np.nan, 0.1]])
+    with pytest.raises(ValueError, match="out of range"):
+        ranks_from_scores(np.zeros((2, 3)), 3)
+    with pytest.raises(ValueError, match="shape"):
+        ranks_from_scores(np.zeros(3))
+    with pytest.raises(ValueError, match="1-based"):
+        recall_at_k([0, 1])
+
+
+def test_recall_at_k():
+    assert recall_at_k([1, 2, 5, 11]) == {"R@1": 0.25, "R@5": 0.75, "R@10": 0.75}
+    assert recall_at_k(np.array([3, 3]), ks=(2, 3)) == {"R@2": 0.0, "R@3": 1.0}
+
+
+def test_retrieval_summary_sum_r():
+    itr = [np.array([1, 2, 6, 20]), np.array([1, 1, 3, 12])]  # R@1 .25/.5, R@5 .5/.75, R@10 .75/.75
+    tir = [np.array([1, 1, 1, 1]), np.array([2, 7, 50, 1])]  # R@1 1/.25, R@5 1/.5, R@10 1/.75
+    out = retrieval_summary(itr, tir)
+    assert out["draws"] == 2 and out["queries"] == [4, 4]
+    assert out["ITR"] == pytest.approx({"R@1": 0.375, "R@5": 0.625, "R@10": 0.75})
+    assert out["TIR"] == pytest.approx({"R@1": 0.625, "R@5": 0.75, "R@10": 0.875})
+    # draw 1: (.25 + .5 + .75 + 3) x 100 = 450
+    # draw 2: (.5 + .75 + .75 + .25 + .5 + .75) x 100 = 350
+    assert out["SumR"] == pytest.approx(400.0)
+    assert out["std"]["SumR"] == pytest.approx(50.0)
+    assert out["std"]["ITR"]["R@1"] == pytest.approx(0.125)
+    json.dumps(out)
+    with pytest.raises(ValueError, match="per draw"):
+        retrieval_summary(itr, tir[:1])
+
+
+def test_full_catalog_on_a_permuted_identity():
+    n = 20
+    perm = np.arange(n)
+    perm[5:] = np.roll(perm[5:], 1)  # 5 fixed points, 15 products matched to a wrong text
+    scores = np.eye(n)[perm]  # image i scores only text perm[i]
+    out = full_catalog_ranks(scores)
+    assert out["n"] == n
+    for d in ("ITR", "TIR"):  # a wrong match leaves the true pair tied with n - 2 others: rank n
+        assert out[d]["R@1"] == out[d]["R@10"] == 0.25
+        assert out[d]["median_rank"] == n
+        assert out[d]["mrr"] == pytest.approx((5 + 15 / n) / n)
+
+
+def test_full_catalog_matches_a_naive_loop():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, size=(23, 23)).astype(float)  # many ties
+    itr = [1 + sum(scores[i, j] >= scores[i, i] for j in range(23) if j != i) for i in range(23)]
+    tir = [1 + sum(scores[i, j] >= scores[j, j] for i in range(23) if i != j) for j in range(23)]
+    out = full_catalog_ranks(scores, chunk_rows=4)
+    assert out["ITR"]["median_rank"] == np.median(itr)
+    assert out["TIR"]["mrr"] == pytest.approx(np.mean(1 / np.array(tir)))
+    assert out["ITR"]["R@5"] == pytest.approx(np.mean(np.array(itr) <= 5))
+    assert out == full_catalog_ranks(scores)  # chunking changes nothing
+    with pytest.raises(ValueError, match="square"):
+        full_catalog_ranks(np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classification_metrics_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    true_labels = np.array([f"class{i}" for i in range(7)])
+    pred_labels = np.concatenate([true_labels, ["extra1", "extra2"]])  # predicted, never true
+    y_true = rng.choice(true_labels[:6 + seed % 2], 300).tolist()
+    y_pred = [t if rng.random() < 0.6 else str(rng.choice(pred_labels)) for t in y_true]
+    out = classification_metrics(y_true, y_pred)
+    assert out["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert out["macro_f1"] == pytest.approx(
+        f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true), zero_division=0))
+    assert out["classes"] == len(set(y_true)) and out["n"] == 300
+
+
+def test_classification_metrics_int_labels_and_errors():
+    y_true, y_pred = [0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 5]
+    out = classification_metrics(y_true, y_pred)
+    assert out["accuracy"] == pytest.approx(4 / 6)
+    assert out["macro_f1"] == pytest.approx(
+        f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true), zero_division=0))
+    assert classification_metrics(["a", "b"], ["b", "a"])["macro_f1"] == 0.0
+    with pytest.raises(ValueError, match="same length"):
+        classification_metrics([1, 2], [1])
+    with pytest.raises(ValueError, match="strings but y_pred holds numbers"):
+        classification_metrics(["a", "b"], [1, 2])
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _summary(r1):
+    return {"ITR": {"R@1": r1, "R@5": 0.5, "R@10": 0.6}, "TIR": {"R@1": 0.3388, "R@5": 0.6,
+            "R@10": 0.7}, "SumR": 123.456, "std": {"ITR": {"R@1": 0.01, "R@5": 0, "R@10": 0},
+            "TIR": {"R@1": 0, "R@5": 0, "R@10": 0}, "SumR": 1.5}, "draws": 5}
+
+
+def test_table2():
+    text = format_table2({"Kaleido-BERT": _summary(0.2799),
+                          "FashionBERT": _summary(np.float64(0.2396)),
+                          "broken": {"ITR": {"R@1": 0.1}}})
+    lines = text.splitlines()
+    assert lines[0] == ("| system | ITR R@1 | ITR R@5 | ITR R@10 | TIR R@1 | TIR R@5 | TIR R@10 "
+                        "| SumR |")
+    assert len(lines) == 5
+    assert lines[2] == "| Kaleido-BERT | 27.99 | 50.00 | 60.00 | 33.88 | 60.00 | 70.00 | 123.5 |"
+    assert "| FashionBERT | 23.96 |" in lines[3]
+    assert lines[4] == "| broken | 10.00 | - | - | - | - | - | - |"
+    assert "27.99 ± 1.00" in format_table2({"x": _summary(0.2799)}, with_std=True)
+
+
+def test_table3_missing_parts():
+    rows = {
+        "Kaleido-BERT": {"category": {"accuracy": 0.9507, "macro_f1": 0.81},
+                         "subcategory": {"accuracy": 0.8807, "macro_f1": 0.7},
+                         "caption": {"BLEU-4": 0.057, "METEOR": None, "ROUGE-L": 0.31,
+                                     "CIDEr": 0.326}},
+        "no captions": {"category": {"accuracy": 0.9125, "macro_f1": 0.8}},
+    }
+    lines = format_table3(rows).splitlines()
+    assert lines[0].startswith("| system | CR acc | CR macro-F1 | SUB acc | SUB macro-F1 | BLEU-4 ")
+    assert lines[2] == "| Kaleido-BERT | 95.07 | 81.00 | 88.07 | 70.00 | 5.7 | n/a | 31.0 | 32.6 |"
+    assert lines[3] == "| no captions | 91.25 | 80.00 | - | - | - | - | - | - |"
+    with pytest.raises(ValueError, match="system name"):
+        format_table3([1, 2])
+
+
+def test_full_catalog_table_and_json():
+    out = full_catalog_ranks(np.eye(4))
+    text = format_full_catalog({"a|b": out, "empty": {}})
+    assert "| a\\|b | 4 | 100.00 | 100.00 | 100.00 | 1 | 1.000 |" in text
+    assert "| empty | - |" in text
+    draw = RetrievalDraw(queries=np.arange(2), candidates=np.zeros((2, 3), dtype=np.int64),
+                         from_subcategory=np.int64(4), filled_from_category=0, filled_from_any=0)
+    payload = to_jsonable({"draw": draw, "score": np.float32(0.5), 3: (np.int64(1), np.arange(2))})
+    assert json.loads(json.dumps(payload)) == {
+        "draw": {"queries": [0, 1], "candidates": [[0, 0, 0], [0, 0, 0]], "from_subcategory": 4,
+                 "filled_from_category": 0, "filled_from_any": 0, "queries_requested": 0},
+        "score": 0.5, "3": [1, [0, 1]]}
