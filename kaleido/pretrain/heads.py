@@ -53,9 +53,8 @@ class AMLMHead(nn.Module):
         labels = batch["mlm_labels"]                                   # (B, T)
         chosen = labels != -100
         hidden = out.text_hidden[chosen]                               # (N, H): only masked tokens
-        if hidden.shape[0] == 0:
-            zero = out.text_hidden.sum() * 0.0
-            return {"amlm_loss": zero}
+        if hidden.shape[0] == 0:  # nothing masked: a zero that still reaches every parameter (DDP)
+            return {"amlm_loss": self.decoder(self.transform(out.text_hidden[:, :1])).sum() * 0.0}
         logits = self.decoder(self.transform(hidden))                  # (N, V)
         target = labels[chosen]
         return {"amlm_loss": F.cross_entropy(logits.float(), target), "amlm_acc": _accuracy(logits, target)}
