@@ -65,7 +65,8 @@ def run_ablation(cfg: AblationConfig, catalog, caches: dict[str, Path], out: str
                  split_file, split: str = "test") -> dict[str, dict]:
     """Pre-train, fine-tune and evaluate every row; returns ``{row name: retrieval figures}``."""
     from kaleido.evaluation.evaluate import EvalConfig, evaluate
-    from kaleido.finetune import FinetuneConfig, finetune, split_products
+    from kaleido.data import split_products
+    from kaleido.finetune import FinetuneConfig, finetune
     from kaleido.pretrain import PretrainConfig, pretrain
 
     out = Path(out)

@@ -28,7 +28,7 @@ def cmd_eval(args) -> int:
     from ..data import load_catalog
     from ..evaluation.evaluate import EvalConfig, evaluate, find_checkpoints
     from ..evaluation.tables import format_full_catalog, format_table2, format_table3, to_jsonable
-    from ..finetune import split_products
+    from ..data import split_products
 
     cfg = load_config(EvalConfig, None, list(args.overrides))
     catalog = load_catalog(catalog_config(args))

@@ -118,3 +118,13 @@ def split_catalog(catalog: Catalog, split: dict[str, str], name: str) -> Catalog
         raise CatalogError(f"{len(unknown)} products of {catalog.name} are not in the split file, "
                            f"e.g. {unknown[:5]}; was the split made for another catalog?")
     return catalog.subset(p.id for p in catalog if split[p.id] == name)
+
+
+def split_products(catalog: Catalog, split_file, split: str, limit: int = 0) -> list:
+    """The products of one split (all when ``split`` is empty), the first ``limit`` of them."""
+    if split and split_file is None:
+        raise ValueError(f"split {split!r} asked for but no --split-file given")
+    products = list(split_catalog(catalog, read_split(split_file), split) if split else catalog)
+    if split and not products:
+        raise ValueError(f"split {split!r} of {split_file} has no products")
+    return products[:limit] if limit else products

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from kaleido.finetune.base import FinetuneTask
 from kaleido.finetune.pairs import PairInputs

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from kaleido.config import save_config
-from kaleido.data import Catalog, read_split, split_catalog
+from kaleido.data import Catalog
+from kaleido.data.split import split_products
 from kaleido.finetune.caption import CaptionCollator, CaptionTask
 from kaleido.finetune.category import CategoryCollator, CategoryDataset, CategoryTask, label_names
 from kaleido.finetune.config import KINDS, FinetuneConfig
@@ -22,16 +23,6 @@ from kaleido.training import Trainer, is_main_process
 log = logging.getLogger(__name__)
 
 FINAL = "final"
-
-
-def split_products(catalog: Catalog, split_file, split: str, limit: int = 0) -> list:
-    """The products of one split (all when ``split`` is empty), the first ``limit`` of them."""
-    if split and split_file is None:
-        raise ValueError(f"split {split!r} asked for but no --split-file given")
-    products = list(split_catalog(catalog, read_split(split_file), split) if split else catalog)
-    if split and not products:
-        raise ValueError(f"split {split!r} of {split_file} has no products")
-    return products[:limit] if limit else products
 
 
 def load_processor(init: str | Path, max_text_len: int, grids) -> KaleidoProcessor:

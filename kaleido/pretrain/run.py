@@ -11,7 +11,8 @@ import torch
 
 from kaleido.alignment.store import load_alignments
 from kaleido.config import save_config
-from kaleido.data import Catalog, read_split, split_catalog
+from kaleido.data import Catalog
+from kaleido.data.split import split_products
 from kaleido.model import KaleidoProcessor, create_model, is_kaleido_checkpoint
 from kaleido.patches.cache import FeatureCache
 from kaleido.pretrain.config import PretrainConfig
@@ -22,15 +23,6 @@ from kaleido.training import Trainer, is_main_process
 log = logging.getLogger(__name__)
 
 FINAL = "final"
-
-
-def _products(catalog: Catalog, split_file, split: str, limit: int):
-    if split and split_file is None:
-        raise ValueError(f"data split {split!r} asked for but no --split-file given")
-    products = list(split_catalog(catalog, read_split(split_file), split) if split else catalog)
-    if split and not products:
-        raise ValueError(f"split {split!r} of {split_file} has no products")
-    return products[:limit] if limit else products
 
 
 def build_task(cfg: PretrainConfig, feature_dim: int, grids=(1, 2, 3, 4, 5)) -> PretrainTask:
@@ -82,8 +74,8 @@ def pretrain(cfg: PretrainConfig, catalog: Catalog, cache: str | Path, out: str 
     processor = KaleidoProcessor.default(cfg.data.max_text_len, cfg.tokenizer, features.meta["grids"])
     data = partial(PretrainDataset, cache=features, alignments=alignments, processor=processor,
                    masking=cfg.masking, tasks=cfg.tasks, seed=cfg.train.seed)
-    train = data(_products(catalog, split_file, cfg.data.split, cfg.data.limit))
-    val = data(_products(catalog, split_file, cfg.data.val_split, cfg.data.val_limit)) \
+    train = data(split_products(catalog, split_file, cfg.data.split, cfg.data.limit))
+    val = data(split_products(catalog, split_file, cfg.data.val_split, cfg.data.val_limit)) \
         if cfg.data.val_split else None
     log.info("pre-training on %d products (%.1f%% with aligned pairs)%s", len(train),
              100 * train.aligned_share, f", validating on {len(val)}" if val else "")
