@@ -78,6 +78,29 @@ def test_retrieval_losses(loss, expected, monkeypatch):
     assert out["retrieval_acc"] == 1.0
 
 
+def test_retrieval_hard_ratio_mixes_same_subcategory_and_random_negatives(pairs):
+    subcats = np.array([p.subcategory for p in pairs.products])
+
+    def same_share(cfg):
+        data = RetrievalDataset(pairs, cfg, seed=0)
+        hits = total = 0
+        for epoch in range(5):
+            data.set_epoch(epoch)
+            for i in range(len(data)):
+                if (subcats == subcats[i]).sum() < 4:
+                    continue
+                negatives = data[i]["texts"][1:3]
+                hits += (subcats[negatives] == subcats[i]).sum()
+                total += len(negatives)
+        return hits / total
+
+    hard = same_share(RetrievalConfig(text_negatives=2, image_negatives=0))
+    mixed = same_share(RetrievalConfig(text_negatives=2, image_negatives=0, hard_ratio=0.0))
+    assert hard == 1.0 and mixed < 0.8
+    with pytest.raises(ValueError, match="hard_ratio"):
+        RetrievalConfig(hard_ratio=1.5)
+
+
 def test_category_labels_unknown_to_the_classifier_are_ignored(pairs):
     names = sorted({p.category for p in pairs.products})
     data = CategoryDataset(pairs, {"category": names[1:]})  # pretend names[0] never occurred in training

@@ -37,10 +37,13 @@ class RetrievalConfig:
     image_negatives: int = 2     # per item: the product's text with other products' images
     margin: float = 0.2          # triplet margin (on the match log-odds)
     hard_negatives: bool = True  # same subcategory first, then category, then any (else any product)
+    hard_ratio: float = 1.0      # with hard_negatives: share of negatives drawn that way (rest: any product)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"retrieval loss must be one of {LOSSES}, not {self.loss!r}")
+        if not 0.0 <= self.hard_ratio <= 1.0:
+            raise ValueError(f"retrieval hard_ratio must lie in [0, 1], not {self.hard_ratio}")
         if self.text_negatives + self.image_negatives < 1:
             raise ValueError("retrieval needs at least one negative per item")
 
@@ -51,11 +54,10 @@ class RetrievalDataset(Dataset):
     def __init__(self, pairs: PairInputs, cfg: RetrievalConfig, seed: int = 0):
         self.pairs, self.cfg, self.seed, self.epoch = pairs, cfg, seed, 0
         products = pairs.products
-        if cfg.hard_negatives:
-            self.negatives = NegativeSampler(np.array([p.subcategory or "" for p in products]),
-                                             np.array([p.category or "" for p in products]))
-        else:
-            self.negatives = NegativeSampler(np.zeros(len(products), dtype=int), np.zeros(len(products), dtype=int))
+        self.hard = NegativeSampler(np.array([p.subcategory or "" for p in products]),
+                                    np.array([p.category or "" for p in products]))
+        self.any = NegativeSampler(np.zeros(len(products), dtype=int), np.zeros(len(products), dtype=int))
+        self.hard_ratio = cfg.hard_ratio if cfg.hard_negatives else 0.0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -63,16 +65,20 @@ class RetrievalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def _negative(self, i: int, rng) -> int:
+        sampler = self.hard if rng.random() < self.hard_ratio else self.any
+        return sampler.sample(i, rng)
+
     def _others(self, i: int, k: int, rng) -> list[int]:
         out: list[int] = []
         for _ in range(8 * k):  # distinct where the pool allows
             if len(out) == k:
                 break
-            j = self.negatives.sample(i, rng)
+            j = self._negative(i, rng)
             if j not in out:
                 out.append(j)
         while len(out) < k:
-            out.append(self.negatives.sample(i, rng))
+            out.append(self._negative(i, rng))
         return out
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
