@@ -7,8 +7,8 @@ from typing import Iterator
 
 from PIL import Image
 
-from ..config import load_config
-from ..data import CatalogConfig, ImageLoadError, decode_image
+from ..config import load_config, save_config
+from ..data import CatalogConfig, ImageLoadError, decode_image, load_catalog
 
 
 def add_catalog_args(parser, *, positional: bool = False, required: bool = True) -> None:
@@ -33,6 +33,16 @@ def catalog_overrides(args, prefix: str = "") -> list[str]:
 
 def catalog_config(args) -> CatalogConfig:
     return load_config(CatalogConfig, overrides=catalog_overrides(args))
+
+
+def load_run_catalog(args, out: Path):
+    """The catalog of the command line's catalog options, its load summary printed and its
+    config written to ``OUT/catalog.yaml`` beside the run's outputs."""
+    cfg = catalog_config(args)
+    catalog = load_catalog(cfg)
+    print(catalog.report.summary())
+    save_config(cfg, out, "catalog.yaml")
+    return catalog
 
 
 def readable_images(paths: list[Path], failures: list) -> Iterator[tuple[Path, Image.Image]]:

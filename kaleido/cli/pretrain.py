@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import load_config, save_config
-from .common import add_catalog_args, catalog_config
+from ..config import load_config
+from .common import add_catalog_args, load_run_catalog
 
 
 def register(sub) -> None:
@@ -22,14 +22,10 @@ def register(sub) -> None:
 
 
 def cmd_pretrain(args) -> int:
-    from ..data import load_catalog
     from ..pretrain import PretrainConfig, pretrain
 
     cfg = load_config(PretrainConfig, args.config, list(args.overrides), component="pretrain")
-    catalog_cfg = catalog_config(args)
-    catalog = load_catalog(catalog_cfg)
-    print(catalog.report.summary())
-    save_config(catalog_cfg, args.out, "catalog.yaml")
+    catalog = load_run_catalog(args, args.out)
     result = pretrain(cfg, catalog, args.cache, args.out, split_file=args.split_file)
     last = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.last.items()) if k.endswith("loss"))
     print(f"{result.steps} steps in {result.wall_s / 60:.1f} min; last logged: {last}")

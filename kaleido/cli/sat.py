@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import load_config, save_config
-from .common import add_catalog_args, catalog_config, exit_code, readable_images
+from .common import add_catalog_args, catalog_config, exit_code, load_run_catalog, readable_images
 from ..data import LoadReport, load_catalog, read_split, split_catalog, write_split
 
 
@@ -62,14 +62,11 @@ def cmd_train(args) -> int:
     from sat_captioner.train import SATTrainConfig, train_sat
 
     cfg = load_config(SATTrainConfig, args.config, list(args.overrides), component="sat")
-    catalog_cfg = catalog_config(args)
-    catalog = load_catalog(catalog_cfg)
-    print(catalog.report.summary())
+    catalog = load_run_catalog(args, args.out)
     if args.split_file is None:
         path = write_split(catalog, args.out / "split")
         print(f"wrote a new split {path}")
         args.split_file = path
-    save_config(catalog_cfg, args.out, "catalog.yaml")
     result = train_sat(catalog, read_split(args.split_file), cfg, args.out)
     if result.best_epoch is None:
         print(f"{args.out}: no epoch trained (epochs={cfg.epochs} already done)")

@@ -24,6 +24,7 @@ from kaleido.finetune.category import CategoryCollator, CategoryTask
 from kaleido.finetune.pairs import PairInputs
 from kaleido.finetune.retrieval import RetrievalConfig, RetrievalTask
 from kaleido.model import create_model, is_kaleido_checkpoint
+from kaleido.training.loop import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ class EvalConfig:
     caption_beam: int = 0        # caption beam width (0 = the checkpoint's own)
     meteor: bool = True          # METEOR needs Java; reported as unavailable without it
     device: str = "auto"         # auto | cpu | cuda
-
-
-def resolve_device(spec: str) -> torch.device:
-    return torch.device("cuda" if spec == "auto" and torch.cuda.is_available() else
-                        ("cpu" if spec == "auto" else spec))
 
 
 class PairScorer:

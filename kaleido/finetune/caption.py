@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from kaleido.finetune.base import FinetuneTask
 from kaleido.finetune.pairs import PairInputs
 from kaleido.model.modeling import KaleidoBertModel
+from kaleido.pretrain.heads import AMLMHead
+from kaleido.pretrain.task import pretrained_head_state
 
 MODES = ("seq2seq", "mask_all")
 
@@ -93,20 +95,11 @@ class CaptionTask(FinetuneTask):
 
     def __init__(self, model: KaleidoBertModel, cfg: CaptionConfig):
         super().__init__(model, cfg)
-        from kaleido.pretrain.heads import AMLMHead
-
         self.lm = AMLMHead(model.config, model.word_embeddings)
 
     def init_from_pretraining(self, path: str | Path) -> bool:
         """Start from the pre-trained AMLM head (transform and bias) when it was saved."""
-        from safetensors.torch import load_file
-
-        from kaleido.pretrain.task import HEADS_NAME
-
-        file = Path(path) / HEADS_NAME
-        if not file.is_file():
-            return False
-        state = {k.removeprefix("amlm."): v for k, v in load_file(str(file)).items() if k.startswith("amlm.")}
+        state = pretrained_head_state(path, "amlm")
         self.lm.load_state_dict(state, strict=False)
         return bool(state)
 

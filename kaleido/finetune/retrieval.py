@@ -24,6 +24,7 @@ from kaleido.finetune.pairs import PairInputs
 from kaleido.model.modeling import KaleidoBertModel
 from kaleido.pretrain.corruptions import NegativeSampler
 from kaleido.pretrain.heads import ITMHead
+from kaleido.pretrain.task import pretrained_head_state
 
 LOSSES = ("bce", "softmax", "triplet")
 
@@ -115,18 +116,10 @@ class RetrievalTask(FinetuneTask):
 
     def init_from_pretraining(self, path: str | Path) -> bool:
         """Start from the pre-trained ITM head saved beside ``path`` (when there is one)."""
-        from safetensors.torch import load_file
-
-        from kaleido.pretrain.task import HEADS_NAME
-
-        file = Path(path) / HEADS_NAME
-        if not file.is_file():
-            return False
-        state = {k.removeprefix("itm."): v for k, v in load_file(str(file)).items() if k.startswith("itm.")}
-        if not state:
-            return False
-        self.itm.load_state_dict(state)
-        return True
+        state = pretrained_head_state(path, "itm")
+        if state:
+            self.itm.load_state_dict(state)
+        return bool(state)
 
     def score(self, batch: dict) -> torch.Tensor:
         """(N,) match log-odds of the N pairs of ``batch``."""

@@ -15,7 +15,7 @@ from kaleido.finetune.category import CategoryCollator, CategoryDataset, Categor
 from kaleido.finetune.config import KINDS, FinetuneConfig
 from kaleido.finetune.pairs import PairInputs
 from kaleido.finetune.retrieval import PairCollator, RetrievalDataset, RetrievalTask
-from kaleido.model import KaleidoProcessor, create_model, is_kaleido_checkpoint
+from kaleido.model import KaleidoProcessor, create_model_for_patches, is_kaleido_checkpoint
 from kaleido.model.processor import PROCESSOR_NAME
 from kaleido.patches.cache import FeatureCache
 from kaleido.training import Trainer, is_main_process
@@ -34,16 +34,12 @@ def load_processor(init: str | Path, max_text_len: int, grids) -> KaleidoProcess
 
 def start_model(cfg: FinetuneConfig, init: str, feature_dim: int, grids=(1, 2, 3, 4, 5)):
     """The encoder to fine-tune: a Kaleido-BERT folder, or ``minilm`` / ``none`` (no pre-training)."""
-    if init and is_kaleido_checkpoint(init):
-        model = create_model(pretrained=init)
-        if model.config.feature_dim != feature_dim:
-            raise ValueError(f"{init} takes {model.config.feature_dim}-d patch features; the cache has "
-                             f"{feature_dim}-d ones (another backbone)")
-        return model
-    if init not in ("minilm", "none", ""):
+    saved = bool(init) and is_kaleido_checkpoint(init)
+    if init not in ("minilm", "none", "") and not saved:
         raise FileNotFoundError(f"--from {init}: not a Kaleido-BERT folder (a pre-training run's "
                                 "final/), nor minilm / none")
-    return create_model(cfg.model, pretrained=init == "minilm", feature_dim=feature_dim, grids=list(grids))
+    pretrained = init if saved else init == "minilm"
+    return create_model_for_patches(cfg.model, pretrained, feature_dim, grids)
 
 
 def build_task(kind: str, cfg: FinetuneConfig, model, train: PairInputs):

@@ -78,6 +78,27 @@ def create_model(name_or_config: str | KaleidoBertConfig = MINILM, pretrained: b
     return model
 
 
+def create_model_for_patches(name_or_config: str | KaleidoBertConfig, pretrained: bool | str,
+                             feature_dim: int, grids) -> KaleidoBertModel:
+    """:func:`create_model` whose patch inputs fit a feature cache.
+
+    A saved Kaleido-BERT must already take ``feature_dim``-d features on ``grids`` (else a
+    ValueError names both); any other start takes the cache's feature size and grids.
+    """
+    grids = list(grids)
+    if isinstance(pretrained, (str, Path)) and is_kaleido_checkpoint(pretrained):
+        model = create_model(pretrained=pretrained)
+        if (model.config.feature_dim, model.config.grids) != (feature_dim, grids):
+            raise ValueError(f"{pretrained} takes {model.config.feature_dim}-d features on grids "
+                             f"{model.config.grids}; the cache has {feature_dim}-d ones on {grids} "
+                             "(another backbone or patch layout)")
+        return model
+    cfg = model_config(name_or_config)
+    if (cfg.feature_dim, cfg.grids) != (feature_dim, grids):
+        log.info("model patches set to the cache's: %d-d features, grids %s", feature_dim, grids)
+    return create_model(cfg, pretrained=pretrained, feature_dim=feature_dim, grids=grids)
+
+
 def _bert_folder(source: str | Path) -> Path:
     if source == MINILM:
         from kaleido.tokenizer import minilm_dir
@@ -132,5 +153,5 @@ def load_bert_weights(model: KaleidoBertModel, source: str | Path) -> list[str]:
     return missing
 
 
-__all__ = ["create_model", "list_models", "model_config", "load_bert_weights", "read_model_config",
+__all__ = ["create_model", "create_model_for_patches", "list_models", "model_config", "load_bert_weights", "read_model_config",
            "WEIGHTS_NAME"]

@@ -28,8 +28,10 @@ def _level(cfg: KaleidoBertConfig, grid: int, head: str) -> slice:
     return levels[grid]
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(-1) == labels).float().mean().detach()
+def _classification(name: str, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"<name>_loss": cross-entropy, "<name>_acc": accuracy}`` of one classification head."""
+    return {f"{name}_loss": F.cross_entropy(logits.float(), labels),
+            f"{name}_acc": (logits.argmax(-1) == labels).float().mean().detach()}
 
 
 class AMLMHead(nn.Module):
@@ -56,8 +58,7 @@ class AMLMHead(nn.Module):
         if hidden.shape[0] == 0:  # nothing masked: a zero that still reaches every parameter (DDP)
             return {"amlm_loss": self.decoder(self.transform(out.text_hidden[:, :1])).sum() * 0.0}
         logits = self.decoder(self.transform(hidden))                  # (N, V)
-        target = labels[chosen]
-        return {"amlm_loss": F.cross_entropy(logits.float(), target), "amlm_acc": _accuracy(logits, target)}
+        return _classification("amlm", logits, labels[chosen])
 
 
 class ITMHead(nn.Module):
@@ -74,8 +75,7 @@ class ITMHead(nn.Module):
 
     def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.logits(out)
-        labels = batch["itm_labels"]
-        return {"itm_loss": F.cross_entropy(logits.float(), labels), "itm_acc": _accuracy(logits, labels)}
+        return _classification("itm", logits, batch["itm_labels"])
 
 
 class RotationHead(nn.Module):
@@ -90,8 +90,7 @@ class RotationHead(nn.Module):
 
     def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.classifier(out.patch_hidden[:, self.index])     # (B, 4)
-        labels = batch["rr_labels"]
-        return {"rr_loss": F.cross_entropy(logits.float(), labels), "rr_acc": _accuracy(logits, labels)}
+        return _classification("rr", logits, batch["rr_labels"])
 
 
 class JigsawHead(nn.Module):
@@ -107,8 +106,7 @@ class JigsawHead(nn.Module):
     def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
         hidden = out.patch_hidden[:, self.level]                       # (B, 4, H)
         logits = self.classifier(hidden.flatten(1))                    # (B, 4H) -> (B, 24)
-        labels = batch["jps_labels"]
-        return {"jps_loss": F.cross_entropy(logits.float(), labels), "jps_acc": _accuracy(logits, labels)}
+        return _classification("jps", logits, batch["jps_labels"])
 
 
 class CamouflageHead(nn.Module):
@@ -123,8 +121,7 @@ class CamouflageHead(nn.Module):
 
     def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.scorer(out.patch_hidden[:, self.level]).squeeze(-1)   # (B, 9)
-        labels = batch["cp_labels"]
-        return {"cp_loss": F.cross_entropy(logits.float(), labels), "cp_acc": _accuracy(logits, labels)}
+        return _classification("cp", logits, batch["cp_labels"])
 
 
 class ColourHead(nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from functools import partial
 from pathlib import Path
@@ -13,7 +12,7 @@ from kaleido.alignment.store import load_alignments
 from kaleido.config import save_config
 from kaleido.data import Catalog
 from kaleido.data.split import split_products
-from kaleido.model import KaleidoProcessor, create_model, is_kaleido_checkpoint
+from kaleido.model import KaleidoProcessor, create_model_for_patches, is_kaleido_checkpoint
 from kaleido.patches.cache import FeatureCache
 from kaleido.pretrain.config import PretrainConfig
 from kaleido.pretrain.data import PretrainDataset, collate_pretrain
@@ -27,21 +26,11 @@ FINAL = "final"
 
 def build_task(cfg: PretrainConfig, feature_dim: int, grids=(1, 2, 3, 4, 5)) -> PretrainTask:
     """The model (weights from ``cfg.init``) and the heads that are on."""
-    if cfg.init not in ("", "none") and is_kaleido_checkpoint(cfg.init):
-        model = create_model(cfg.model, pretrained=cfg.init)
-        if (model.config.feature_dim, model.config.grids) != (feature_dim, list(grids)):
-            raise ValueError(f"checkpoint {cfg.init} takes {model.config.feature_dim}-d features on grids "
-                             f"{model.config.grids}; this cache has {feature_dim}-d ones on {list(grids)}")
-        task = PretrainTask(model, cfg.tasks)
-        loaded = task.load_heads(cfg.init)
-        log.info("multi-stage: encoder and heads %s from %s", loaded, cfg.init)
-        return task
-    model_cfg = cfg.model
-    if (model_cfg.feature_dim, model_cfg.grids) != (feature_dim, list(grids)):
-        log.info("model patches set to the cache's: %d-d features, grids %s", feature_dim, list(grids))
-        model_cfg = dataclasses.replace(model_cfg, feature_dim=feature_dim, grids=list(grids))
     pretrained = False if cfg.init in ("", "none") else cfg.init
-    return PretrainTask(create_model(model_cfg, pretrained=pretrained), cfg.tasks)
+    task = PretrainTask(create_model_for_patches(cfg.model, pretrained, feature_dim, grids), cfg.tasks)
+    if pretrained and is_kaleido_checkpoint(pretrained):
+        log.info("multi-stage: encoder and heads %s from %s", task.load_heads(pretrained), pretrained)
+    return task
 
 
 def pretrain(cfg: PretrainConfig, catalog: Catalog, cache: str | Path, out: str | Path,

@@ -69,3 +69,15 @@ class PretrainTask(nn.Module):
                 if k in own and k != TIED_DECODER and own[k].shape == v.shape}
         self.heads.load_state_dict(fits, strict=False)
         return sorted({k.split(".")[0] for k in fits})
+
+
+def pretrained_head_state(path: str | Path, head: str) -> dict[str, torch.Tensor]:
+    """The saved weights of one pre-training head (``itm``, ``amlm``, ...) beside a checkpoint,
+    keys without the head's prefix; empty when the folder has none."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / HEADS_NAME
+    if not file.is_file():
+        return {}
+    prefix = f"{head}."
+    return {k.removeprefix(prefix): v for k, v in load_file(str(file)).items() if k.startswith(prefix)}
