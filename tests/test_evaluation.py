@@ -304,3 +304,38 @@ def test_full_catalog_table_and_json():
         "draw": {"queries": [0, 1], "candidates": [[0, 0, 0], [0, 0, 0]], "from_subcategory": 4,
                  "filled_from_category": 0, "filled_from_any": 0, "queries_requested": 0},
         "score": 0.5, "3": [1, [0, 1]]}
+
+
+def _load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_evals_puts_systems_side_by_side(tmp_path, capsys):
+    import json
+
+    compare = _load_script("compare_evals")
+    ret = {"ITR": {"R@1": 0.1, "R@5": 0.2, "R@10": 0.3}, "TIR": {"R@1": 0.05, "R@5": 0.15, "R@10": 0.25},
+           "SumR": 105.0, "sampling": "1 draw"}
+    a = {"name": "A", "retrieval": ret, "category": {"accuracy": 0.9, "macro_f1": 0.5},
+         "caption": {"scores": {"BLEU-4": 0.123, "METEOR": None, "ROUGE-L": 0.3, "CIDEr": 0.45}}}
+    b = {"row": "B row", "retrieval": {**ret, "SumR": 50.0}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    out = tmp_path / "t.md"
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text == out.read_text()
+    assert "| A | 10.00 | 20.00 | 30.00 | 5.00 | 15.00 | 25.00 | 105.0 |" in text
+    assert "| B row |" in text and "| 50.0 |" in text
+    assert "| A | 90.00 | 50.00 | - | - | 12.3 | n/a | 30.0 | 45.0 |" in text  # B has no Table 3 row
+    assert text.count("| B row |") == 1
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="bad.json"):
+        compare.main([str(tmp_path / "bad.json")])
