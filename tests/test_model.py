@@ -94,6 +94,18 @@ def test_minilm_weights_load_and_match_bert():
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
+def test_model_for_patches_loads_minilm_weights_for_another_cache():
+    # `kaleido finetune --from minilm` on a fixed-grid cache: the preset's weights, the cache's patch layout
+    from kaleido.model.factory import create_model_for_patches
+
+    model = create_model_for_patches("minilm", True, feature_dim=32, grids=[8])
+    reference = create_model("minilm", pretrained=True)
+    assert (model.config.feature_dim, model.config.grids) == (32, [8])
+    assert torch.equal(model.word_embeddings.weight, reference.word_embeddings.weight)
+    with pytest.raises(ValueError, match="no offline weights"):
+        create_model_for_patches("tiny", True, feature_dim=32, grids=[8])
+
+
 def test_bad_weights_and_configs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="no offline weights"):
         create_model("base", pretrained=True)
