@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from kaleido.evaluation.tables import format_full_catalog, format_table2, format_table3
+from kaleido.evaluation.tables import format_full_catalog, format_table2, format_table3, table3_row
 
 
 def load(path: Path) -> tuple[str, dict]:
@@ -36,13 +36,7 @@ def report(results: dict[str, dict]) -> str:
         full = {n: r["full_catalog"] for n, r in retrieval.items() if "full_catalog" in r}
         if full:
             parts.append("Full-catalog retrieval\n\n" + format_full_catalog(full))
-    table3 = {}
-    for name, r in results.items():
-        row = {k: r[k] for k in ("category", "subcategory") if k in r}
-        if "caption" in r:
-            row["caption"] = r["caption"]["scores"]
-        if row:
-            table3[name] = row
+    table3 = {name: row for name, r in results.items() if (row := table3_row(r))}
     if table3:
         parts.append("Table 3: category, subcategory, captioning\n\n" + format_table3(table3))
     return "\n\n".join(parts) + "\n"

@@ -27,7 +27,8 @@ def register(sub) -> None:
 def cmd_eval(args) -> int:
     from ..data import load_catalog
     from ..evaluation.evaluate import EvalConfig, evaluate, find_checkpoints
-    from ..evaluation.tables import format_full_catalog, format_table2, format_table3, to_jsonable
+    from ..evaluation.tables import (format_full_catalog, format_table2, format_table3, table3_row,
+                                     to_jsonable)
     from ..data import split_products
 
     cfg = load_config(EvalConfig, None, list(args.overrides))
@@ -45,10 +46,7 @@ def cmd_eval(args) -> int:
             print(f"\nFull-catalog retrieval ({r['full_catalog']['products']} products)\n"
                   + format_full_catalog({name: r["full_catalog"]}))
     if {"category", "subcategory", "caption"} & set(result):
-        row = {k: result[k] for k in ("category", "subcategory") if k in result}
-        if "caption" in result:
-            row["caption"] = result["caption"]["scores"]
-        print("\nTable 3 (category, subcategory, captioning)\n" + format_table3({name: row}))
+        print("\nTable 3 (category, subcategory, captioning)\n" + format_table3({name: table3_row(result)}))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"name": name, "checkpoint": str(args.checkpoint), "split": args.split,

@@ -120,6 +120,15 @@ def format_table2(rows: Mapping[str, Mapping], with_std: bool = False) -> str:
     return _markdown(header, body)
 
 
+def table3_row(result: Mapping) -> dict:
+    """The part of one ``evaluate`` result (or its JSON) that :func:`format_table3` reads:
+    ``{"category", "subcategory", "caption": scores}``, whichever are there."""
+    row = {k: result[k] for k in ("category", "subcategory") if k in result}
+    if "caption" in result:
+        row["caption"] = result["caption"]["scores"]
+    return row
+
+
 def format_table3(rows: Mapping[str, Mapping]) -> str:
     """Table 3 of the paper: category (CR), subcategory (SUB) and captioning, one row per system.
 

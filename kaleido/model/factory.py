@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
@@ -70,9 +69,7 @@ def create_model(name_or_config: str | KaleidoBertConfig = MINILM, pretrained: b
         cfg = dataclasses.replace(cfg, **overrides).validate()
     model = KaleidoBertModel(cfg)
     if pretrained is True:
-        if name_or_config != MINILM:
-            _no_offline_weights(name_or_config)
-        pretrained = MINILM
+        pretrained = _offline_weights(name_or_config)
     if pretrained:
         load_bert_weights(model, pretrained)
     return model
@@ -93,19 +90,20 @@ def create_model_for_patches(name_or_config: str | KaleidoBertConfig, pretrained
                              f"{model.config.grids}; the cache has {feature_dim}-d ones on {grids} "
                              "(another backbone or patch layout)")
         return model
-    if pretrained is True:  # the preset's own offline weights: decided on its name, before it becomes a config
-        if name_or_config != MINILM:
-            _no_offline_weights(name_or_config)
-        pretrained = MINILM
+    if pretrained is True:  # decided on the preset's name, before it becomes a config
+        pretrained = _offline_weights(name_or_config)
     cfg = model_config(name_or_config)
     if (cfg.feature_dim, cfg.grids) != (feature_dim, grids):
         log.info("model patches set to the cache's: %d-d features, grids %s", feature_dim, grids)
     return create_model(cfg, pretrained=pretrained, feature_dim=feature_dim, grids=grids)
 
 
-def _no_offline_weights(name_or_config) -> NoReturn:
-    raise ValueError(f"preset {name_or_config!r} has no offline weights; pass "
-                     "pretrained=PATH to a local HF BERT folder (e.g. bert-base-uncased)")
+def _offline_weights(name_or_config) -> str:
+    """What ``pretrained=True`` means for a preset: its weights that ship offline (only minilm's)."""
+    if name_or_config != MINILM:
+        raise ValueError(f"preset {name_or_config!r} has no offline weights; pass "
+                         "pretrained=PATH to a local HF BERT folder (e.g. bert-base-uncased)")
+    return MINILM
 
 
 def _bert_folder(source: str | Path) -> Path:
