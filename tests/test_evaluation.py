@@ -302,7 +302,8 @@ def test_full_catalog_table_and_json():
     payload = to_jsonable({"draw": draw, "score": np.float32(0.5), 3: (np.int64(1), np.arange(2))})
     assert json.loads(json.dumps(payload)) == {
         "draw": {"queries": [0, 1], "candidates": [[0, 0, 0], [0, 0, 0]], "from_subcategory": 4,
-                 "filled_from_category": 0, "filled_from_any": 0, "queries_requested": 0},
+                 "filled_from_category": 0, "filled_from_any": 0, "queries_requested": 0,
+                 "same_title_excluded": 0},
         "score": 0.5, "3": [1, [0, 1]]}
 
 
@@ -339,3 +340,206 @@ def test_compare_evals_puts_systems_side_by_side(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="bad.json"):
         compare.main([str(tmp_path / "bad.json")])
+
+
+# ----------------------------------------------------------------------------- same titles
+
+
+def _twin_titles(n: int, seed: int = 5) -> np.ndarray:
+    """Titles of n products, ~1/3 of them shared, spelt with varying case and spaces."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, int(n * 0.75), n)
+    spelling = rng.integers(0, 3, n)
+    return np.array([[f"Shirt {b}", f"  shirt {b}", f"SHIRT {b} "][k] for b, k in zip(base, spelling)])
+
+
+def test_same_title_products_are_never_negatives(catalog):
+    subs, cats = catalog
+    titles = _twin_titles(len(subs))
+    norm = np.char.lower(np.char.strip(titles))
+    cfg = KB101Config(queries=1000, negatives=100, draws=2, seed=3)
+    draws = sample_kb101(subs, cats, cfg, titles=titles)
+    size = {s: (subs == s).sum() for s in set(subs)}
+    cat_size = {c: (cats == c).sum() for c in set(cats)}
+    twins_in_pools = np.zeros(4, dtype=int)  # big subcategory, small one, category, anywhere
+    for d in draws:
+        neg = d.candidates[:, 1:]
+        assert not (norm[neg] == norm[d.queries][:, None]).any()
+        assert all(len(np.unique(row)) == 101 for row in d.candidates)
+        tiers = _tiers(subs, cats, d)
+        assert d.from_subcategory == (tiers == 0).sum()
+        assert d.filled_from_category == (tiers == 1).sum()
+        assert d.filled_from_any == (tiers == 2).sum()
+        excluded = 0
+        for q, row in zip(d.queries, tiers):
+            s, c = subs[q], cats[q]
+            twin = (norm == norm[q]) & (np.arange(len(subs)) != q)
+            in_sub = int((twin & (subs == s)).sum())
+            in_cat = int((twin & (cats == c) & (subs != s)).sum())
+            excluded += int(twin.sum())
+            counts = np.bincount(row, minlength=3)
+            if size[s] - 1 - in_sub >= 100:
+                assert counts[0] == 100
+                twins_in_pools[0] += in_sub
+                continue
+            # every eligible product of the subcategory, then of the category, then anywhere
+            assert counts[0] == size[s] - 1 - in_sub
+            assert counts[1] == min(100 - counts[0], cat_size[c] - size[s] - in_cat)
+            assert counts[2] == 100 - counts[0] - counts[1]
+            twins_in_pools[1:] += [in_sub, in_cat if counts[1] else 0,
+                                   int(twin.sum()) - in_sub - in_cat if counts[2] else 0]
+        assert d.same_title_excluded == excluded > 0
+    assert (twins_in_pools > 0).all()  # the rule was exercised in every tier, the any-fill included
+    total = sum(d.same_title_excluded for d in draws)
+    assert f"{total} same-title products excluded" in describe(draws)
+
+
+def test_same_title_exclusion_by_hand():
+    titles = ["Red Shirt", "red shirt ", " RED SHIRT", "Blue", "blue", "Green"]
+    subs = ["s", "s", "t", "s", "t", "u"]
+    cats = ["A", "A", "A", "A", "B", "B"]
+    cfg = KB101Config(queries=6, negatives=3, draws=2)
+    draws = sample_kb101(subs, cats, cfg, titles=titles)
+    for d in draws:
+        assert d.same_title_excluded == 2 + 2 + 2 + 1 + 1 + 0  # twins of every query
+        row = d.candidates[list(d.queries).index(0)]
+        # product 0: same subcategory {1, 3} minus its twin 1, its category's other subcategory
+        # holds only the twin 2, so the rest is filled from anywhere: 4 and 5
+        assert row[1] == 3 and sorted(row[2:]) == [4, 5]
+        row = d.candidates[list(d.queries).index(3)]  # twin 4 is in another category
+        assert row[1:3].tolist() == [0, 1] and row[3] in (2, 5)
+    assert describe(draws).endswith(", 16 same-title products excluded from the negatives")
+    # without titles the same catalog samples twins and excludes nothing
+    plain = sample_kb101(subs, cats, cfg)
+    assert all(d.same_title_excluded == 0 for d in plain)
+    assert "same-title" not in describe(plain)
+    with pytest.raises(ValueError, match=r"3 of the 6 products .* at most 3"):
+        sample_draw(subs, cats, KB101Config(queries=6, negatives=4), draw=0, titles=titles)
+    with pytest.raises(ValueError, match="one title per product"):
+        sample_draw(subs, cats, cfg, draw=0, titles=titles[:-1])
+
+
+def test_distinct_titles_change_nothing(catalog, draws):
+    subs, cats = catalog
+    cfg = KB101Config(queries=200, negatives=100, draws=3, seed=11)
+    titled = sample_kb101(subs, cats, cfg, titles=[f"title {i}" for i in range(len(subs))])
+    for a, b in zip(draws, titled):
+        np.testing.assert_array_equal(a.candidates, b.candidates)
+        assert (a.from_subcategory, a.filled_from_category, a.filled_from_any) == \
+            (b.from_subcategory, b.filled_from_category, b.filled_from_any)
+        assert b.same_title_excluded == 0
+
+
+def _ranks(summary: dict) -> tuple:
+    return summary["R@1"], summary["median_rank"], summary["mrr"]
+
+
+def test_full_catalog_groups_by_hand():
+    scores = np.array([[0.2, 0.9, 0.5, 0.1],
+                       [0.3, 0.4, 0.6, 0.8],
+                       [0.7, 0.1, 0.3, 0.2],
+                       [0.5, 0.6, 0.3, 0.4]])
+    groups = np.array([7, 7, 1, 2])  # products 0 and 1 share a title
+    out = full_catalog_ranks(scores, groups=groups)
+    # ITR: row 0 best hit 0.9 -> 1; row 1 best hit 0.4 < 0.6, 0.8 -> 3; row 2 -> 2; row 3 -> 3
+    assert _ranks(out["ITR"]) == pytest.approx((0.25, 2.5, (1 + 1 / 3 + 1 / 2 + 1 / 3) / 4))
+    # TIR: column 0 best hit 0.3 < 0.7, 0.5 -> 3; column 1 best hit 0.9 -> 1; 2 -> 4 (tie); 3 -> 2
+    assert _ranks(out["TIR"]) == pytest.approx((0.25, 2.5, (1 / 3 + 1 + 1 / 4 + 1 / 2) / 4))
+    # strict: the diagonal only, ITR ranks 3, 3, 2, 3 and TIR ranks 4, 3, 4, 2
+    assert _ranks(out["strict"]["ITR"]) == pytest.approx((0.0, 3.0, (1 / 3 * 3 + 1 / 2) / 4))
+    assert _ranks(out["strict"]["TIR"]) == pytest.approx((0.0, 3.5, (1 / 2 + 1 / 3 + 1 / 2) / 4))
+    plain = full_catalog_ranks(scores)
+    assert set(plain) == {"ITR", "TIR", "n"}
+    assert out["strict"] == {"ITR": plain["ITR"], "TIR": plain["TIR"]}
+    assert out["in_shared_group"] == 2 and out["n"] == 4
+    singletons = full_catalog_ranks(scores, groups=np.arange(4))  # every product its own group
+    assert {d: singletons[d] for d in ("ITR", "TIR")} == {d: plain[d] for d in ("ITR", "TIR")}
+    with pytest.raises(ValueError, match="groups must be"):
+        full_catalog_ranks(scores, groups=groups[:3])
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 50, 64])
+def test_full_catalog_chunked_equals_in_memory(chunk_rows):
+    from kaleido.evaluation.metrics import full_catalog_ranks_chunked
+
+    rng = np.random.default_rng(chunk_rows)
+    n = 50
+    scores = rng.integers(0, 6, size=(n, n)).astype(float)  # many ties
+    groups = rng.integers(0, 30, n)
+    # an independent formulation: per row / column, the best hit and the other-group count
+    hit = groups[:, None] == groups[None, :]
+    itr = [1 + ((scores[i] >= scores[i, hit[i]].max()) & ~hit[i]).sum() for i in range(n)]
+    tir = [1 + ((scores[:, j] >= scores[hit[:, j], j].max()) & ~hit[:, j]).sum() for j in range(n)]
+    expected = full_catalog_ranks(scores, groups=groups)
+    assert expected["ITR"]["mrr"] == pytest.approx(np.mean(1 / np.array(itr)))
+    assert expected["TIR"]["mrr"] == pytest.approx(np.mean(1 / np.array(tir)))
+    assert expected["TIR"]["median_rank"] == np.median(tir)
+    assert expected["ITR"]["R@5"] == pytest.approx(np.mean(np.array(itr) <= 5))
+    strict = full_catalog_ranks(scores)
+    assert expected["strict"] == {"ITR": strict["ITR"], "TIR": strict["TIR"]}
+    assert expected["ITR"] != strict["ITR"] and expected["TIR"] != strict["TIR"]  # groups matter
+    asked = []
+
+    def score_rows(start, stop):
+        asked.append(stop - start)
+        return scores[start:stop]
+
+    n_chunks = -(-n // chunk_rows)
+    assert full_catalog_ranks_chunked(score_rows, n, groups, chunk_rows) == expected
+    assert len(asked) == 2 * n_chunks and max(asked) <= chunk_rows  # two passes
+    asked.clear()
+    one_pass = full_catalog_ranks_chunked(score_rows, n, groups, chunk_rows,
+                                          score_pairs=lambda i, t: scores[i, t])
+    assert one_pass == expected and len(asked) == n_chunks
+    plain = full_catalog_ranks_chunked(score_rows, n, chunk_rows=chunk_rows)
+    assert plain == full_catalog_ranks(scores)
+    with pytest.raises(ValueError, match="must return shape"):
+        full_catalog_ranks_chunked(lambda a, b: scores[a:b, :-1], n, groups, chunk_rows)
+
+
+def test_evaluate_retrieval_counts_same_titles_as_hits():
+    import torch
+
+    from kaleido.data.catalog import Product
+    from kaleido.evaluation.evaluate import EvalConfig, evaluate_retrieval
+
+    # 40 products, pairs of twins in one subcategory; the model scores 1 exactly when the
+    # titles match, so it is perfect up to the titles and must score SumR = 600 on KB-101
+    products = [Product(id=str(i), title=f"Dress {i // 2}" if i < 20 else f"Top {i}", images=("x",),
+                        category="C", subcategory="s" if i < 30 else "t") for i in range(40)]
+    codes = np.array([int(p.title.split()[1]) for p in products])
+
+    class Pairs:
+        def __init__(self):
+            self.products = products
+
+        def __len__(self):
+            return len(products)
+
+        def batch(self, images, texts):
+            return {"images": torch.as_tensor(np.asarray(images)),
+                    "texts": torch.as_tensor(np.asarray(texts))}
+
+    class Task:
+        def eval(self):
+            return self
+
+        def to(self, device):
+            return self
+
+        def score(self, batch):
+            same = codes[batch["images"].numpy()] == codes[batch["texts"].numpy()]
+            return torch.as_tensor(same).float()
+
+    cfg = EvalConfig(kb101=KB101Config(queries=40, negatives=20, draws=2), full_catalog=40,
+                     batch_size=256, device="cpu")
+    out = evaluate_retrieval(Task(), Pairs(), cfg)
+    assert out["SumR"] == pytest.approx(600.0)
+    assert out["same_title_excluded"] == 2 * 20  # 20 twins, each excluded once per draw
+    assert "40 same-title products excluded" in out["sampling"]
+    full = out["full_catalog"]
+    assert full["products"] == 40 and full["same_title_products"] == 20
+    assert full["ITR"]["R@1"] == full["TIR"]["R@1"] == 1.0
+    # strict: a twin ties with the true pair and ties are pessimistic
+    assert full["strict"]["ITR"]["R@1"] == full["strict"]["TIR"]["R@1"] == 0.5
+    assert out["pairs_scored"] <= 40 * 40 + 2 * 40 * 21 * 2

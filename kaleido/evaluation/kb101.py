@@ -17,8 +17,20 @@ Labels are compared as strings; ``""`` (and ``None`` / NaN, read as ``""``) is t
 "unknown" and is treated as a label of its own, so products of unknown subcategory are each
 other's "same subcategory" negatives. Clean the labels first when that is not wanted.
 
-Everything is a pure function of the labels and :class:`KB101Config`: draw ``d`` uses
-``np.random.default_rng([seed, d])``, so draws are reproducible one by one.
+Same-title products are never negatives. About a third of a fashion catalog shares its
+exact title with another product; such a twin is indistinguishable from the positive on the
+text side, and counting it against the model would punish it for a tie it cannot break.
+When the titles are given (``titles=``), every product whose title equals the query's is
+left out of all three tiers (the tiers then draw from what remains, in the same order), and
+:attr:`RetrievalDraw.same_title_excluded` counts the products so left out. Titles are
+compared after ``str(title).strip().lower()``; ``None`` / NaN read as ``""``, so products
+with no title are each other's twins (their texts are identical too). A catalog in which a
+product has fewer than ``negatives`` products of another title is rejected with a
+ValueError (lower ``KB101Config.negatives``). Without titles nothing changes: the draws are
+the same, number for number, as before titles existed.
+
+Everything is a pure function of the labels (and titles) and :class:`KB101Config`: draw
+``d`` uses ``np.random.default_rng([seed, d])``, so draws are reproducible one by one.
 """
 
 from __future__ import annotations
@@ -54,6 +66,8 @@ class RetrievalDraw:
         filled_from_category: negatives filled from the parent category (subcategory too small).
         filled_from_any: negatives filled from anywhere (category too small as well).
         queries_requested: ``KB101Config.queries``; larger than Q when the catalog capped it.
+        same_title_excluded: products left out of the negative pools because they share the
+            query's title, summed over the queries (0 when no titles were given).
     """
 
     queries: np.ndarray
@@ -62,14 +76,18 @@ class RetrievalDraw:
     filled_from_category: int
     filled_from_any: int
     queries_requested: int = 0
+    same_title_excluded: int = 0
 
 
-def _label_codes(labels: Sequence, name: str) -> np.ndarray:
-    """(N,) integer codes of string labels; None / NaN / "" all become the label ""."""
+def _label_codes(labels: Sequence, name: str, fold: bool = False) -> np.ndarray:
+    """(N,) integer codes of string labels; None / NaN / "" all become the label "".
+
+    ``fold`` compares ``str.strip().lower()`` of the labels (the rule for titles)."""
     def clean(x) -> str:
         if x is None or (isinstance(x, float) and x != x):
             return ""
-        return x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+        x = x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+        return x.strip().lower() if fold else x
 
     try:
         values = list(labels)
@@ -82,6 +100,13 @@ def _label_codes(labels: Sequence, name: str) -> np.ndarray:
     return np.unique(strings, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
+def title_codes(titles: Sequence) -> np.ndarray:
+    """(N,) integer codes of product titles, equal exactly when two titles are the same
+    after ``str(title).strip().lower()`` (None / NaN read as ``""``): the KB-101 twin rule,
+    also usable as ``groups`` of :func:`kaleido.evaluation.metrics.full_catalog_ranks`."""
+    return _label_codes(titles, "titles", fold=True)
+
+
 def _groups(codes: np.ndarray) -> list[np.ndarray]:
     """Sorted member indices of each code (codes are 0..K-1, all present)."""
     order = np.argsort(codes, kind="stable")
@@ -92,7 +117,8 @@ def _groups(codes: np.ndarray) -> list[np.ndarray]:
 class _CatalogIndex:
     """Per-label index arrays, built once and shared by all draws (no O(N^2) anywhere)."""
 
-    def __init__(self, subcategories: Sequence, categories: Sequence):
+    def __init__(self, subcategories: Sequence, categories: Sequence,
+                 titles: Sequence | None = None):
         self.sub = _label_codes(subcategories, "subcategories")
         self.cat = _label_codes(categories, "categories")
         if len(self.sub) != len(self.cat):
@@ -102,6 +128,21 @@ class _CatalogIndex:
         self.sub_groups = _groups(self.sub) if self.n else []
         self.cat_groups = _groups(self.cat) if self.n else []
         self._cat_other: dict[tuple[int, int], np.ndarray] = {}
+        self.title: np.ndarray | None = None  # (N,) title codes, None without titles
+        self.title_groups: list[np.ndarray] = []
+        if titles is not None:
+            self.title = title_codes(titles)
+            if len(self.title) != self.n:
+                raise ValueError(f"titles must have one title per product; got {len(self.title)} "
+                                 f"titles for {self.n} products")
+            self.title_groups = _groups(self.title) if self.n else []
+
+    def twins(self, q: int) -> np.ndarray:
+        """Sorted products sharing the title of ``q``, ``q`` included (just ``[q]`` without
+        titles)."""
+        if self.title is None:
+            return np.array([q], dtype=np.int64)
+        return self.title_groups[self.title[q]]
 
     def category_others(self, c: int, s: int) -> np.ndarray:
         """Sorted members of category ``c`` whose subcategory is not ``s``."""
@@ -112,7 +153,8 @@ class _CatalogIndex:
         return self._cat_other[key]
 
 
-def _check_config(cfg: KB101Config, n_products: int) -> None:
+def _check_config(cfg: KB101Config, index: _CatalogIndex) -> None:
+    n_products = index.n
     for field in ("queries", "negatives", "draws"):
         if getattr(cfg, field) < 1:
             raise ValueError(f"KB101Config.{field} must be at least 1, got {getattr(cfg, field)}")
@@ -122,6 +164,19 @@ def _check_config(cfg: KB101Config, n_products: int) -> None:
         raise ValueError(
             f"the catalog has {n_products} products, too few for 1 positive + {cfg.negatives} "
             f"negatives per query; lower KB101Config.negatives to at most {max(n_products - 1, 0)}")
+    if index.title is None:
+        return
+    # any product may be drawn as a query, so every product needs enough non-twins
+    sizes = np.bincount(index.title)  # (T,) products per title
+    eligible = n_products - sizes  # negatives available to a query of each title
+    short = np.flatnonzero(eligible < cfg.negatives)
+    if len(short):
+        worst = short[np.argmax(sizes[short])]
+        raise ValueError(
+            f"{int(sizes[short].sum())} of the {n_products} products have fewer than "
+            f"{cfg.negatives} products of another title to draw negatives from (the title of "
+            f"product {int(index.title_groups[worst][0])} is shared by {int(sizes[worst])} "
+            f"products); lower KB101Config.negatives to at most {int(eligible.min())}")
 
 
 def _sample_excluding(rng: np.random.Generator, n: int, excluded: np.ndarray,
@@ -142,34 +197,39 @@ def _draw(index: _CatalogIndex, cfg: KB101Config, draw: int) -> RetrievalDraw:
     queries = rng.choice(index.n, n_queries, replace=False).astype(np.int64)
     candidates = np.empty((n_queries, 1 + n_neg), dtype=np.int64)  # (Q, 1 + N)
     candidates[:, 0] = queries
-    n_sub = n_cat = n_any = 0
+    n_sub = n_cat = n_any = n_twins = 0
     for row, q in enumerate(queries):
         s, c = index.sub[q], index.cat[q]
         group = index.sub_groups[s]  # sorted, contains q
-        n_same = len(group) - 1
+        twins = index.twins(q)  # sorted, contains q: never negatives
+        n_twins += len(twins) - 1
+        # slots of the twins in the sorted pools; without titles only the query's own slot,
+        # which keeps the random stream (and the draws) of the title-free protocol
+        sub_twins = np.searchsorted(group, twins[index.sub[twins] == s])
+        n_same = len(group) - len(sub_twins)
         if n_same >= n_neg:
-            k = rng.choice(n_same, n_neg, replace=False)
-            k += k >= np.searchsorted(group, q)  # skip the query's own slot
-            candidates[row, 1:] = group[k]
+            candidates[row, 1:] = group[_sample_excluding(rng, len(group), sub_twins, n_neg)]
             n_sub += n_neg
             continue
-        same = group[group != q]
+        same = np.delete(group, sub_twins)
         others = index.category_others(c, s)
+        in_others = twins[(index.cat[twins] == c) & (index.sub[twins] != s)]
+        cat_twins = np.searchsorted(others, in_others)
         need = n_neg - n_same
-        if len(others) >= need:
-            fill_cat = others[rng.choice(len(others), need, replace=False)]
+        if len(others) - len(cat_twins) >= need:
+            fill_cat = others[_sample_excluding(rng, len(others), cat_twins, need)]
             fill_any = np.empty(0, dtype=np.int64)
         else:
-            fill_cat = others
-            excluded = np.union1d(group, others)  # sorted; q is in group
-            fill_any = _sample_excluding(rng, index.n, excluded, need - len(others))
+            fill_cat = np.delete(others, cat_twins)
+            excluded = np.union1d(np.union1d(group, others), twins)  # sorted; q is in group
+            fill_any = _sample_excluding(rng, index.n, excluded, need - len(fill_cat))
         candidates[row, 1:] = np.concatenate([same, fill_cat, fill_any])
         n_sub += n_same
         n_cat += len(fill_cat)
         n_any += len(fill_any)
     return RetrievalDraw(queries=queries, candidates=candidates, from_subcategory=int(n_sub),
                          filled_from_category=int(n_cat), filled_from_any=int(n_any),
-                         queries_requested=int(cfg.queries))
+                         queries_requested=int(cfg.queries), same_title_excluded=int(n_twins))
 
 
 def _warn_cap(cfg: KB101Config, n_products: int) -> None:
@@ -179,7 +239,7 @@ def _warn_cap(cfg: KB101Config, n_products: int) -> None:
 
 
 def sample_draw(subcategories: Sequence, categories: Sequence, cfg: KB101Config,
-                draw: int) -> RetrievalDraw:
+                draw: int, titles: Sequence | None = None) -> RetrievalDraw:
     """One seeded KB-101 draw.
 
     Args:
@@ -187,28 +247,36 @@ def sample_draw(subcategories: Sequence, categories: Sequence, cfg: KB101Config,
         categories: (N,) category label of every product, aligned with ``subcategories``.
         cfg: the protocol settings.
         draw: draw index ``d``; the draw uses ``np.random.default_rng([cfg.seed, d])``.
+        titles: (N,) title of every product, or None. A product whose title equals the
+            query's (after ``str.strip().lower()``) is never one of its negatives, in any
+            tier. None: no title rule, the draws of the title-free protocol.
 
     Returns:
-        The queries, their (Q, 1 + negatives) candidates and the negative counts per tier.
+        The queries, their (Q, 1 + negatives) candidates, the negative counts per tier and
+        the number of same-title products left out.
 
     Raises:
-        ValueError: label arrays of different lengths, a bad config, or a catalog with fewer
-            than ``negatives + 1`` products.
+        ValueError: label arrays of different lengths, a bad config, a catalog with fewer
+            than ``negatives + 1`` products, or (with titles) a product with fewer than
+            ``negatives`` products of another title.
     """
-    index = _CatalogIndex(subcategories, categories)
-    _check_config(cfg, index.n)
+    index = _CatalogIndex(subcategories, categories, titles)
+    _check_config(cfg, index)
     _warn_cap(cfg, index.n)
     return _draw(index, cfg, draw)
 
 
 def sample_kb101(subcategories: Sequence, categories: Sequence,
-                 cfg: KB101Config | None = None) -> list[RetrievalDraw]:
+                 cfg: KB101Config | None = None,
+                 titles: Sequence | None = None) -> list[RetrievalDraw]:
     """All ``cfg.draws`` KB-101 draws (draw ``d`` equals ``sample_draw(..., draw=d)``).
 
     Args:
         subcategories: (N,) subcategory label of every product (strings; "" = unknown).
         categories: (N,) category label of every product.
         cfg: the protocol settings (defaults: 1000 queries, 100 negatives, 5 draws, seed 0).
+        titles: (N,) title of every product, or None; same-title products are never
+            negatives (see :func:`sample_draw`).
 
     Returns:
         ``cfg.draws`` :class:`RetrievalDraw` objects.
@@ -217,8 +285,8 @@ def sample_kb101(subcategories: Sequence, categories: Sequence,
         ValueError: as :func:`sample_draw`.
     """
     cfg = cfg or KB101Config()
-    index = _CatalogIndex(subcategories, categories)
-    _check_config(cfg, index.n)
+    index = _CatalogIndex(subcategories, categories, titles)
+    _check_config(cfg, index)
     _warn_cap(cfg, index.n)
     return [_draw(index, cfg, d) for d in range(cfg.draws)]
 
@@ -231,8 +299,9 @@ def describe(draws: Sequence[RetrievalDraw]) -> str:
 
     Returns:
         e.g. ``"5 draws x 725 queries x 101 candidates; negatives: 61.2% same subcategory,
-        35.1% filled from the category, 3.7% from anywhere (queries capped at the catalog's
-        725 products; 1000 requested)"``.
+        35.1% filled from the category, 3.7% from anywhere, 1234 same-title products
+        excluded from the negatives (queries capped at the catalog's 725 products; 1000
+        requested)"``; the same-title part only when some were excluded.
     """
     if not draws:
         raise ValueError("describe() needs at least one draw")
@@ -246,6 +315,9 @@ def describe(draws: Sequence[RetrievalDraw]) -> str:
             f"negatives: {100 * sub / total:.1f}% same subcategory, "
             f"{100 * cat / total:.1f}% filled from the category, "
             f"{100 * anywhere / total:.1f}% from anywhere")
+    twins = sum(d.same_title_excluded for d in draws)
+    if twins:
+        text += f", {twins} same-title products excluded from the negatives"
     requested = max(d.queries_requested for d in draws)
     if requested > counts[-1]:
         text += f" (queries capped at the catalog's {counts[-1]} products; {requested} requested)"

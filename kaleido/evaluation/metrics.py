@@ -2,13 +2,14 @@
 
 Retrieval: the 1-based rank of the positive among a query's candidates, Recall@K, the
 KB-101 summary over seeded draws (mean, std and SumR as in the paper) and full-catalog
-ranks. Classification: accuracy and macro-F1 with scikit-learn's conventions.
+ranks (optionally counting every product of the true one's group, e.g. the same title, as a
+hit). Classification: accuracy and macro-F1 with scikit-learn's conventions.
 Every result is a dict of plain Python numbers (JSON-serialisable as it is).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -122,34 +123,155 @@ def _rank_summary(ranks: np.ndarray) -> dict:
     return out
 
 
-def full_catalog_ranks(score_matrix: np.ndarray, chunk_rows: int = 1024) -> dict:
+def full_catalog_ranks(score_matrix: np.ndarray, chunk_rows: int = 1024,
+                       groups: np.ndarray | None = None) -> dict:
     """Retrieval over the whole catalog: every product's true pair against all the others.
 
     Args:
         score_matrix: (N, N) with ``[i, j]`` = score of image ``i`` with text ``j``; the true
             pairs are on the diagonal.
-        chunk_rows: rows compared at a time (bounds the memory at chunk_rows x N booleans).
+        chunk_rows: rows compared at a time (bounds the memory at chunk_rows x N).
+        groups: optional (N,) integer group of every product (e.g. title codes from
+            :func:`kaleido.evaluation.kb101.title_codes`). Given, every text of image
+            ``i``'s group is a hit: ITR rank = 1 + #{j : groups[j] != groups[i] and
+            s[i, j] >= max over same-group j' of s[i, j']}; TIR likewise over column ``j``.
 
     Returns:
         ``{"ITR": {...}, "TIR": {...}, "n": N}``, each direction with ``R@1``, ``R@5``,
         ``R@10`` (fractions), ``median_rank`` and ``mrr`` (mean reciprocal rank); ITR ranks
-        the texts of row ``i``, TIR the images of column ``j``; ties are pessimistic.
+        the texts of row ``i``, TIR the images of column ``j``; ties are pessimistic. With
+        ``groups`` also ``"strict": {"ITR", "TIR"}`` (the diagonal-only ranks, as without
+        groups) and ``"in_shared_group"``: products whose group has another member.
     """
     scores = np.asarray(score_matrix)
     if scores.ndim != 2 or scores.shape[0] != scores.shape[1] or scores.shape[0] == 0:
         raise ValueError(f"score_matrix must be square (N images, N texts) with N >= 1, "
                          f"got shape {scores.shape}")
+    return full_catalog_ranks_chunked(lambda start, stop: scores[start:stop], len(scores),
+                                      groups=groups, chunk_rows=chunk_rows,
+                                      score_pairs=lambda images, texts: scores[images, texts])
+
+
+def _check_groups(groups, n: int) -> np.ndarray | None:
+    if groups is None:
+        return None
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
+        raise ValueError(f"groups must be ({n},) integers, one per product; got shape "
+                         f"{groups.shape} of dtype {groups.dtype}")
+    return groups
+
+
+def _group_targets(score_pairs: Callable, groups: np.ndarray,
+                   budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per text ``j``: the best score of an image of its group and the diagonal score, from
+    the within-group pairs only (sum of squared group sizes, at most ``budget`` at a time)."""
+    n = len(groups)
+    order = np.argsort(groups, kind="stable")
+    _, first, sizes = np.unique(groups[order], return_index=True, return_counts=True)
+    slot = np.empty(n, dtype=np.int64)
+    slot[order] = np.repeat(np.arange(len(sizes)), sizes)  # group slot of every product
+    lo, size = first[slot], sizes[slot]  # (N,) where j's group starts in order, and its size
+    best = np.empty(n)
+    diagonal = np.empty(n)
+    cum = np.cumsum(size)  # pairs of texts 0..j
+    start = 0
+    while start < n:
+        done = cum[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(cum, done + budget, side="right")))
+        texts = np.arange(start, stop)
+        seg = size[start:stop]
+        bounds = np.concatenate([[0], np.cumsum(seg)[:-1]])  # start of each text's segment
+        offset = np.arange(seg.sum()) - np.repeat(bounds, seg)
+        images = order[np.repeat(lo[start:stop], seg) + offset]
+        texts = np.repeat(texts, seg)
+        s = np.asarray(score_pairs(images, texts), dtype=np.float64).reshape(-1)
+        if np.isnan(s).any():
+            raise ValueError("scores contain NaN (in the pairs of same-group products)")
+        best[start:stop] = np.maximum.reduceat(s, bounds)
+        diagonal[start:stop] = s[images == texts]  # one per text, in text order
+        start = stop
+    return best, diagonal
+
+
+def full_catalog_ranks_chunked(score_rows: Callable[[int, int], np.ndarray], n: int,
+                               groups: np.ndarray | None = None, chunk_rows: int = 1024,
+                               score_pairs: Callable | None = None) -> dict:
+    """:func:`full_catalog_ranks` from rows of scores computed on demand: the (N, N) matrix
+    is never held, memory is O(chunk_rows x N).
+
+    ITR ranks come from each row chunk alone. A TIR rank needs the score its column must
+    beat (the diagonal, or the best same-group image) before counting, so without
+    ``score_pairs`` every row chunk is requested twice (pass 1: those targets and the ITR
+    ranks, pass 2: the TIR counts), i.e. 2 x N^2 scores, free only when ``score_rows``
+    caches. With ``score_pairs`` the targets come first from the within-group pairs (sum of
+    squared group sizes, N without groups) and the rows are requested once.
+
+    Args:
+        score_rows: ``score_rows(start, stop)`` -> (stop - start, N) scores of images
+            ``start..stop-1`` with every text ``0..N-1``.
+        n: the number of products N.
+        groups: optional (N,) integer group per product, as in :func:`full_catalog_ranks`.
+        chunk_rows: image rows requested at a time.
+        score_pairs: optional ``score_pairs(images, texts)`` -> scores of the pairs
+            ``(images[k], texts[k])`` (1-D integer arrays), consistent with ``score_rows``.
+
+    Returns:
+        As :func:`full_catalog_ranks`.
+
+    Raises:
+        ValueError: n < 1, chunk_rows < 1, bad groups, a chunk of the wrong shape, or NaN.
+    """
+    if n < 1:
+        raise ValueError(f"full-catalog retrieval needs at least one product, got n={n}")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
-    n = scores.shape[0]
+    grouped = _check_groups(groups, n)
+    codes = grouped if grouped is not None else np.arange(n)  # no groups: each its own group
+
+    def rows():
+        for start in range(0, n, chunk_rows):
+            stop = min(start + chunk_rows, n)
+            s = np.asarray(score_rows(start, stop))
+            if s.shape != (stop - start, n):
+                raise ValueError(f"score_rows({start}, {stop}) must return shape "
+                                 f"{(stop - start, n)}, got {s.shape}")
+            if s.dtype.kind == "f" and np.isnan(s).any():
+                bad = start + np.flatnonzero(np.isnan(s).any(axis=1))[0]
+                raise ValueError(f"scores contain NaN (first: row {bad})")
+            same = codes[start:stop, None] == codes[None, :]  # (rows, N) hits
+            yield start, stop, s, same
+
     itr = np.empty(n, dtype=np.int64)
-    tir = np.empty(n, dtype=np.int64)
-    for start in range(0, n, chunk_rows):
-        stop = min(start + chunk_rows, n)
-        diagonal = np.arange(start, stop)
-        itr[start:stop] = ranks_from_scores(scores[start:stop], diagonal)  # texts of images
-        tir[start:stop] = ranks_from_scores(scores[:, start:stop].T, diagonal)  # images of texts
-    return {"ITR": _rank_summary(itr), "TIR": _rank_summary(tir), "n": int(n)}
+    itr_strict = np.empty(n, dtype=np.int64)
+    tir = np.ones(n, dtype=np.int64)  # 1 + other-group images counted below
+    tir_strict = np.zeros(n, dtype=np.int64)  # the diagonal counts itself
+    if score_pairs is not None:
+        col_best, col_diag = _group_targets(score_pairs, codes, chunk_rows * n)
+    else:
+        col_best, col_diag = np.full(n, -np.inf), np.empty(n)
+    for start, stop, s, same in rows():
+        hits = np.where(same, s, -np.inf)  # (rows, N) scores of the same-group texts only
+        best = hits.max(axis=1)  # (rows,) best hit of each image
+        itr[start:stop] = 1 + ((s >= best[:, None]) & ~same).sum(axis=1)
+        diagonal = s[np.arange(stop - start), np.arange(start, stop)]
+        itr_strict[start:stop] = (s >= diagonal[:, None]).sum(axis=1)
+        if score_pairs is None:
+            col_best = np.maximum(col_best, hits.max(axis=0))
+            col_diag[start:stop] = diagonal
+        else:
+            tir += ((s >= col_best) & ~same).sum(axis=0)
+            tir_strict += (s >= col_diag).sum(axis=0)
+    if score_pairs is None:
+        for start, stop, s, same in rows():
+            tir += ((s >= col_best) & ~same).sum(axis=0)
+            tir_strict += (s >= col_diag).sum(axis=0)
+    out = {"ITR": _rank_summary(itr), "TIR": _rank_summary(tir), "n": int(n)}
+    if grouped is not None:
+        out["strict"] = {"ITR": _rank_summary(itr_strict), "TIR": _rank_summary(tir_strict)}
+        slot = np.unique(codes, return_inverse=True)[1].reshape(-1)
+        out["in_shared_group"] = int((np.bincount(slot)[slot] > 1).sum())
+    return out
 
 
 def _labels(y, name: str) -> np.ndarray:

@@ -23,7 +23,8 @@ from kaleido.finetune.base import FinetuneTask
 from kaleido.finetune.pairs import PairInputs
 from kaleido.model.modeling import KaleidoBertModel
 from kaleido.pretrain.corruptions import NegativeSampler
-from kaleido.pretrain.heads import ITMHead
+from kaleido.contrastive import hardest_negatives, sample_hard_negatives, title_codes
+from kaleido.pretrain.heads import ITCHead, ITMHead
 from kaleido.pretrain.task import pretrained_head_state
 
 LOSSES = ("bce", "softmax", "triplet")
@@ -39,6 +40,12 @@ class RetrievalConfig:
     margin: float = 0.2          # triplet margin (on the match log-odds)
     hard_negatives: bool = True  # same subcategory first, then category, then any (else any product)
     hard_ratio: float = 1.0      # with hard_negatives: share of negatives drawn that way (rest: any product)
+    # "dataset": negatives drawn by the dataset (hard_negatives / hard_ratio above); "itc": each
+    # batch holds true pairs only, and the negatives are mined in the batch from the image-text
+    # contrastive head's similarities (softmax-weighted in training, the hardest in validation,
+    # never a same-title twin); the ITC head (from pre-training when it had one) trains alongside
+    mining: str = "dataset"
+    itc_weight: float = 1.0      # mining=itc: weight of the ITC loss beside the retrieval loss
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -47,6 +54,8 @@ class RetrievalConfig:
             raise ValueError(f"retrieval hard_ratio must lie in [0, 1], not {self.hard_ratio}")
         if self.text_negatives + self.image_negatives < 1:
             raise ValueError("retrieval needs at least one negative per item")
+        if self.mining not in ("dataset", "itc"):
+            raise ValueError(f"retrieval mining must be dataset or itc, not {self.mining!r}")
 
 
 class RetrievalDataset(Dataset):
@@ -83,6 +92,8 @@ class RetrievalDataset(Dataset):
         return out
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        if self.cfg.mining == "itc":  # the negatives are mined in the batch by the task
+            return {"images": np.array([i]), "texts": np.array([i])}
         rng = np.random.default_rng([self.seed, self.epoch, i])
         texts = self._others(i, self.cfg.text_negatives, rng)
         images = self._others(i, self.cfg.image_negatives, rng)
@@ -95,12 +106,14 @@ class PairCollator:
 
     def __init__(self, pairs: PairInputs):
         self.pairs = pairs
+        self.title_groups = title_codes([p.title for p in pairs.products])
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         images = np.concatenate([it["images"] for it in items])
         texts = np.concatenate([it["texts"] for it in items])
         batch = self.pairs.batch(images, texts)
         batch["group_size"] = torch.tensor(len(items[0]["images"]))
+        batch["title_group"] = torch.from_numpy(self.title_groups[texts])
         return batch
 
 
@@ -113,12 +126,16 @@ class RetrievalTask(FinetuneTask):
     def __init__(self, model: KaleidoBertModel, cfg: RetrievalConfig):
         super().__init__(model, cfg)
         self.itm = ITMHead(model.config)
+        self.itc = ITCHead(model.config) if cfg.mining == "itc" else None
 
     def init_from_pretraining(self, path: str | Path) -> bool:
-        """Start from the pre-trained ITM head saved beside ``path`` (when there is one)."""
+        """Start from the pre-trained ITM (and ITC) heads saved beside ``path`` (when there are)."""
         state = pretrained_head_state(path, "itm")
         if state:
             self.itm.load_state_dict(state)
+        itc = pretrained_head_state(path, "itc")
+        if self.itc is not None and itc:
+            self.itc.load_state_dict(itc)
         return bool(state)
 
     def score(self, batch: dict) -> torch.Tensor:
@@ -128,7 +145,34 @@ class RetrievalTask(FinetuneTask):
         logits = self.itm.logits(out).float()
         return logits[:, 1] - logits[:, 0]
 
+    def _mined_groups(self, batch: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+        """ITC on the batch's true pairs, then every product's group of 1 true pair +
+        ``text_negatives`` mined texts + ``image_negatives`` mined images (B*G model inputs)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        feats, pos, groups = batch["patch_features"], batch["patch_positions"], batch["title_group"]
+        text, image = self.itc.embed(self.model.encode_text(ids, mask), self.model.encode_patches(feats, pos))
+        itc = self.itc(text, image, groups)
+        logits = itc.pop("itc_sim") * self.itc.logit_scale.exp().detach().clamp(max=100.0)
+        rows = torch.arange(len(ids), device=ids.device)
+        mine = sample_hard_negatives if self.training else hardest_negatives
+        images, texts = [rows], [rows]
+        for _ in range(self.cfg.text_negatives):
+            images.append(rows)
+            texts.append(mine(logits, groups))
+        for _ in range(self.cfg.image_negatives):
+            images.append(mine(logits.t(), groups))
+            texts.append(rows)
+        image_of = torch.stack(images, 1).flatten()                    # (B*G,) product-major
+        text_of = torch.stack(texts, 1).flatten()
+        pairs = {"input_ids": ids[text_of], "attention_mask": mask[text_of],
+                 "patch_features": feats[image_of], "patch_positions": pos[image_of],
+                 "group_size": torch.tensor(len(images))}
+        return pairs, itc
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        extra: dict[str, torch.Tensor] = {}
+        if self.itc is not None and int(batch["group_size"]) == 1 and len(batch["input_ids"]) > 1:
+            batch, extra = self._mined_groups(batch)
         g = int(batch["group_size"])
         scores = self.score(batch).view(-1, g)                         # (B, G): column 0 is true
         if self.cfg.loss == "softmax":
@@ -140,4 +184,8 @@ class RetrievalTask(FinetuneTask):
         else:
             loss = F.relu(self.cfg.margin - scores[:, :1] + scores[:, 1:]).mean()
         acc = (scores.argmax(1) == 0).float().mean().detach()
-        return {"loss": loss, "retrieval_loss": loss.detach(), "retrieval_acc": acc}
+        out = {"retrieval_loss": loss.detach(), "retrieval_acc": acc}
+        if extra:
+            loss = loss + self.cfg.itc_weight * extra["itc_loss"]
+            out.update({"itc_loss": extra["itc_loss"].detach(), "itc_acc": extra["itc_acc"]})
+        return {"loss": loss, **out}

@@ -33,6 +33,10 @@ class KaleidoBertConfig:
     grids: list[int] = field(default_factory=lambda: list(KALEIDO_GRIDS))  # patch levels (1x1..5x5)
     patch_projector: str = "per_level"     # per_level (one FC per level, the reference code) | shared
     attn_implementation: str = "sdpa"      # sdpa (PyTorch scaled_dot_product_attention) | eager (BERT's matmuls)
+    # pooled output read by ITM, retrieval and category: "cls" = BERT's tanh(FC([CLS])) (MiniLM's
+    # pooler never got a gradient: sentence-transformers trained it with mean pooling), "mean" =
+    # the masked mean of every text and patch hidden state, as the MiniLM weights were trained
+    pooling: str = "cls"
 
     @property
     def num_patches(self) -> int:
@@ -46,4 +50,6 @@ class KaleidoBertConfig:
             raise ValueError(f"patch_projector must be per_level or shared, not {self.patch_projector!r}")
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be sdpa or eager, not {self.attn_implementation!r}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be cls or mean, not {self.pooling!r}")
         return self

@@ -32,7 +32,7 @@ class KaleidoBertOutput:
     """Encoder outputs. The sequence is the text (``text_length`` tokens) then the patches."""
 
     last_hidden_state: torch.Tensor  # (B, T + P, H)
-    pooled: torch.Tensor             # (B, H): tanh(FC(hidden of [CLS]))
+    pooled: torch.Tensor             # (B, H): tanh(FC(hidden of [CLS])), or the masked mean (config.pooling)
     text_length: int
 
     @property
@@ -65,6 +65,12 @@ class Pooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))
+
+
+def masked_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, L, H), (B, L) bool -> (B, H) mean over the kept positions."""
+    w = keep.to(hidden.dtype).unsqueeze(-1)                            # (B, L, 1)
+    return (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
 class KaleidoBertModel(nn.Module):
@@ -140,10 +146,30 @@ class KaleidoBertModel(nn.Module):
         if attention_pattern is not None:
             pattern = attention_pattern.bool()
             allowed = allowed & (pattern[:, None] if pattern.dim() == 3 else pattern[None, None])
+        hidden = self._encode(x, allowed)
+        pooled = masked_mean(hidden, keys) if self.config.pooling == "mean" else self.pooler(hidden)
+        return KaleidoBertOutput(last_hidden_state=hidden, pooled=pooled, text_length=t)
+
+    def _encode(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         additive = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
         additive = additive.masked_fill(~allowed, torch.finfo(x.dtype).min)
-        hidden = self.encoder(x, attention_mask=additive).last_hidden_state
-        return KaleidoBertOutput(last_hidden_state=hidden, pooled=self.pooler(hidden), text_length=t)
+        return self.encoder(x, attention_mask=additive).last_hidden_state
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Text alone through the same encoder (no patches): (B, H) mean-pooled hidden states.
+
+        The unimodal passes of the image-text contrastive head (ALBEF's "align before fuse").
+        """
+        x = self.embeddings(input_ids)                                     # (B, T, H)
+        keys = (attention_mask.bool() if attention_mask is not None
+                else torch.ones(input_ids.shape, dtype=torch.bool, device=x.device))
+        return masked_mean(self._encode(x, keys[:, None, None, :]), keys)
+
+    def encode_patches(self, patch_features: torch.Tensor, patch_positions: torch.Tensor) -> torch.Tensor:
+        """Patches alone through the same encoder (no text): (B, H) mean-pooled hidden states."""
+        x = self.patch_embeddings(patch_features, patch_positions)         # (B, P, H)
+        keys = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        return masked_mean(self._encode(x, keys[:, None, None, :]), keys)
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, path: str | Path) -> Path:

@@ -17,13 +17,19 @@ class TaskConfig:
 
     amlm: float = 1.0                 # aligned masked language modelling
     itm: float = 1.0                  # image-text matching
+    itc: float = 0.0                  # image-text contrastive on the unimodal passes (ALBEF; mines ITM negatives)
     rr: float = 1.0                   # I: rotation of the 1x1 patch
     jps: float = 1.0                  # II: jigsaw of the 2x2 patches
     cp: float = 1.0                   # III: camouflage of one 3x3 patch
     g2cm: float = 1.0                 # IV: grey-to-colour of two 4x4 patches
     b2cm: float = 1.0                 # V: blank-to-colour of three 5x5 patches
-    itm_negative_ratio: float = 0.5   # share of samples whose text comes from another product
-    itm_hard_ratio: float = 0.5       # share of those negatives from the same subcategory (else any product)
+    # ITM on a clean (uncorrupted, unmasked) copy of each pair: B positives + B negatives mined
+    # in the batch (from the ITC similarities when itc > 0, else uniformly), never a same-title
+    # twin; masking and corruptions then see positives only, so they cannot tell ITM the label.
+    # false = the old scheme: ITM on the masked, corrupted sample, negatives from the dataset.
+    itm_clean: bool = False
+    itm_negative_ratio: float = 0.5   # itm_clean=false: share of samples whose text comes from another product
+    itm_hard_ratio: float = 0.5       # itm_clean=false: share of those negatives from the same subcategory
 
     def weights(self) -> dict[str, float]:
         """``{head: weight}`` of the heads that are on."""

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kaleido.alignment.generator import AlignedPair
+from kaleido.contrastive import title_codes
 from kaleido.data.catalog import Product
 from kaleido.model.processor import KaleidoProcessor
 from kaleido.patches.cache import FeatureCache
@@ -73,6 +74,9 @@ class PretrainDataset(Dataset):
                        if max(a.tokens) < len(ids) - 1]
                       for p, ids in zip(self.products, self.text_ids)]
         self.aligned_share = float(np.mean([bool(x) for x in self.pairs]))
+        self.title_groups = title_codes([p.title for p in self.products])
+        # ITM on clean pairs mined in the batch: every sample here is then the product's own pair
+        self.clean_pairs = bool(tasks.itm_clean or "itc" in self.weights)
         self.negatives = NegativeSampler(np.array([p.subcategory or "" for p in self.products]),
                                          np.array([p.category or "" for p in self.products]))
         for task, what in (("g2cm", "grey"), ("rr", "rotated")):
@@ -90,7 +94,7 @@ class PretrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         w = self.weights
-        negative = "itm" in w and rng.random() < self.tasks.itm_negative_ratio
+        negative = not self.clean_pairs and "itm" in w and rng.random() < self.tasks.itm_negative_ratio
         text_index = index
         if negative:  # hard (same subcategory first) or any other product
             if rng.random() < self.tasks.itm_hard_ratio:
@@ -103,8 +107,12 @@ class PretrainDataset(Dataset):
         pairs = [] if negative else self.pairs[index]
         plan = plan_masks(self.words[text_index], pairs, self.levels, rng, self.masking)
 
-        sample: dict[str, np.ndarray] = {"itm_labels": np.int64(0 if negative else 1),
-                                         "text_index": np.int64(text_index)}
+        sample: dict[str, np.ndarray] = {"text_index": np.int64(text_index)}
+        if self.clean_pairs:
+            sample["clean_input_ids"] = ids
+            sample["title_group"] = np.int64(self.title_groups[index])
+        else:
+            sample["itm_labels"] = np.int64(0 if negative else 1)
         if "amlm" in w:
             # Negatives are masked too (else [MASK] would give ITM away), but not scored.
             masked, labels = mask_tokens(ids, plan.tokens, rng, self.mask_id, self.vocab_size,
@@ -133,20 +141,30 @@ class PretrainDataset(Dataset):
             features = blank_level5(features, blank)
             sample["b2cm_index"], sample["b2cm_target"] = blank, original[blank]
         sample["patch_features"] = features.astype(np.float32)
+        if self.clean_pairs:
+            sample["clean_patch_features"] = original.astype(np.float32)
         sample["patch_positions"] = item.positions.astype(np.float32)
         return sample
+
+
+def _pad(rows: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(len(r) for r in rows)
+    ids = np.full((len(rows), t), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), t), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 def collate_pretrain(samples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Stack samples into a batch; texts are right-padded (labels with -100)."""
     t = max(len(s["input_ids"]) for s in samples)
     batch: dict[str, torch.Tensor] = {}
-    ids = np.full((len(samples), t), pad_id, dtype=np.int64)
-    mask = np.zeros((len(samples), t), dtype=np.int64)
-    for i, s in enumerate(samples):
-        ids[i, :len(s["input_ids"])] = s["input_ids"]
-        mask[i, :len(s["input_ids"])] = 1
-    batch["input_ids"], batch["attention_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
+    batch["input_ids"], batch["attention_mask"] = _pad([s["input_ids"] for s in samples], pad_id)
+    if "clean_input_ids" in samples[0]:
+        batch["clean_input_ids"], batch["clean_attention_mask"] = _pad([s["clean_input_ids"] for s in samples],
+                                                                       pad_id)
     if "mlm_labels" in samples[0]:
         labels = np.full((len(samples), t), -100, dtype=np.int64)
         for i, s in enumerate(samples):

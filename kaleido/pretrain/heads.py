@@ -7,10 +7,13 @@ Every head reads the encoder output and the batch, and returns ``{"<name>_loss":
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kaleido.contrastive import info_nce
 from kaleido.model.config import KaleidoBertConfig
 from kaleido.model.modeling import KaleidoBertOutput
 from kaleido.patches.geometry import level_slices
@@ -76,6 +79,37 @@ class ITMHead(nn.Module):
     def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.logits(out)
         return _classification("itm", logits, batch["itm_labels"])
+
+
+class ITCHead(nn.Module):
+    """Image-text contrastive alignment before fusion (ALBEF): the text-only and patch-only
+    passes of the same encoder, projected to a shared space, symmetric InfoNCE over the batch
+    with same-title products left out as negatives. Its similarities also mine the hard
+    negatives of ITM (:class:`kaleido.pretrain.task.PretrainTask`).
+    """
+
+    name = "itc"
+
+    def __init__(self, cfg: KaleidoBertConfig, dim: int = 256, temperature: float = 0.07):
+        super().__init__()
+        self.text_proj = nn.Linear(cfg.hidden_size, dim)
+        self.image_proj = nn.Linear(cfg.hidden_size, dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    def embed(self, text_pooled: torch.Tensor, image_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H), (B, H) unimodal pooled states -> (B, E), (B, E) L2-normalised embeddings."""
+        return (F.normalize(self.text_proj(text_pooled).float(), dim=-1),
+                F.normalize(self.image_proj(image_pooled).float(), dim=-1))
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor, groups: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``text``, ``image``: embeddings of :meth:`embed`; returns the loss, the in-batch
+        image-to-text top-1 accuracy and ``itc_sim`` (B images, B texts) cosine similarities."""
+        sim = image @ text.t()                                          # (B, B)
+        loss = info_nce(image, text, self.logit_scale, groups)
+        hit = sim.argmax(1) == torch.arange(len(sim), device=sim.device)
+        if groups is not None:  # a same-title twin is a correct answer
+            hit = groups[sim.argmax(1)] == groups
+        return {"itc_loss": loss, "itc_acc": hit.float().mean().detach(), "itc_sim": sim.detach()}
 
 
 class RotationHead(nn.Module):
@@ -150,7 +184,7 @@ class ColourHead(nn.Module):
         return {f"{self.name}_loss": loss}
 
 
-HEAD_NAMES = ("amlm", "itm", "rr", "jps", "cp", "g2cm", "b2cm")
+HEAD_NAMES = ("amlm", "itm", "itc", "rr", "jps", "cp", "g2cm", "b2cm")
 
 
 def build_head(name: str, cfg: KaleidoBertConfig, word_embeddings: nn.Embedding) -> nn.Module:
@@ -161,7 +195,7 @@ def build_head(name: str, cfg: KaleidoBertConfig, word_embeddings: nn.Embedding)
         return ColourHead(cfg, "g2cm", 4)
     if name == "b2cm":  # the finest level: 5x5 for kaleido patches, 8x8 for FashionBERT's grid
         return ColourHead(cfg, "b2cm", max(cfg.grids))
-    heads = {"itm": ITMHead, "rr": RotationHead, "jps": JigsawHead, "cp": CamouflageHead}
+    heads = {"itm": ITMHead, "itc": ITCHead, "rr": RotationHead, "jps": JigsawHead, "cp": CamouflageHead}
     if name not in heads:
         raise ValueError(f"unknown pre-training head {name!r}; known: {', '.join(HEAD_NAMES)}")
     return heads[name](cfg)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kaleido.contrastive import hardest_negatives, sample_hard_negatives
 from kaleido.model.modeling import KaleidoBertModel
 from kaleido.pretrain.config import TaskConfig
 from kaleido.pretrain.heads import build_head
@@ -39,10 +40,56 @@ class PretrainTask(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self.model(**{k: batch[k] for k in MODEL_INPUTS})
         results: dict[str, torch.Tensor] = {}
-        for head in self.heads.values():
-            results.update(head(out, batch))
+        clean = "clean_input_ids" in batch
+        for name, head in self.heads.items():
+            if not (clean and name in ("itm", "itc")):
+                results.update(head(out, batch))
+        if clean:
+            results.update(self._clean_pair_losses(batch))
         results["loss"] = sum(self.loss_weights[n] * results[f"{n}_loss"] for n in self.heads)
         return results
+
+    def _clean_pair_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """ITC on the unimodal passes and ITM on clean pairs: B positives and B negatives mined
+        in the batch (even rows: image i with a hard text; odd rows: text i with a hard image),
+        drawn in proportion to softmax of the ITC logits (similarity / temperature) in training, the hardest in
+        evaluation; same-title twins are never negatives."""
+        ids, mask = batch["clean_input_ids"], batch["clean_attention_mask"]
+        feats, pos = batch["clean_patch_features"], batch["patch_positions"]
+        groups = batch["title_group"]
+        b = len(ids)
+        results: dict[str, torch.Tensor] = {}
+        sim = torch.zeros(b, b, device=ids.device)  # no ITC: uniform among the non-twins
+        if "itc" in self.heads:
+            head = self.heads["itc"]
+            text, image = head.embed(self.model.encode_text(ids, mask), self.model.encode_patches(feats, pos))
+            itc = head(text, image, groups)
+            sim = itc.pop("itc_sim") * head.logit_scale.exp().detach().clamp(max=100.0)
+            results.update(itc)
+        if "itm" not in self.heads:
+            return results
+        image_of, text_of, labels = self.mine_pairs(sim, groups)
+        pair = self.model(ids[text_of], feats[image_of], pos[image_of], mask[text_of])
+        results.update(self.heads["itm"](pair, {"itm_labels": labels}))
+        return results
+
+    def mine_pairs(self, sim: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ITM pairs of a batch of B products: ``(image_of, text_of, labels)``, each (2B,):
+        rows 0..B-1 the true pairs, rows B.. one negative per product (even products: a hard
+        text for its image, odd products: a hard image for its text)."""
+        b = len(sim)
+        rows = torch.arange(b, device=sim.device)
+        if b < 2:  # a batch of one has no negative to mine
+            return rows, rows, torch.ones(b, dtype=torch.long, device=sim.device)
+        if self.training:
+            neg_text, neg_image = sample_hard_negatives(sim, groups), sample_hard_negatives(sim.t(), groups)
+        else:  # deterministic validation: the hardest non-twin
+            neg_text, neg_image = hardest_negatives(sim, groups), hardest_negatives(sim.t(), groups)
+        even = rows % 2 == 0
+        image_of = torch.cat([rows, torch.where(even, rows, neg_image)])
+        text_of = torch.cat([rows, torch.where(even, neg_text, rows)])
+        labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(b, dtype=torch.long)]).to(sim.device)
+        return image_of, text_of, labels
 
     def save_pretrained(self, path: str | Path) -> Path:
         """The encoder as a Kaleido-BERT folder, plus the heads (to continue pre-training)."""
