@@ -343,7 +343,9 @@ class FileDetection:
 
     Attributes:
         path: the file.
-        image: the decoded RGB image; None when it could not be read.
+        image: the decoded RGB image; None when it could not be read. A big image is
+            decoded smaller (its file's size in ``image.info["original_size"]``, see
+            ``kaleido.data.images.original_size``); the result is in its pixels.
         result: its saliency result; None when it could not be read.
         error: why the file could not be read; None on success.
     """
@@ -355,7 +357,7 @@ class FileDetection:
 
 
 def detect_files(
-    detector: SaliencyDetector, paths: Iterable[str | Path]
+    detector: SaliencyDetector, paths: Iterable[str | Path], *, min_side: int | None = None
 ) -> Iterator[FileDetection]:
     """Decode and detect image files, ``detector.cfg.batch_size`` at a time.
 
@@ -365,6 +367,9 @@ def detect_files(
     Args:
         detector: the detector.
         paths: image files.
+        min_side: decode big images smaller, keeping both sides at least this long
+            (default: twice the network's input side; images already smaller than that,
+            such as ordinary product photos, are decoded as they are).
 
     Yields:
         One ``FileDetection`` per path, in order.
@@ -372,11 +377,12 @@ def detect_files(
     from kaleido.data.images import ImageLoadError, decode_image
 
     paths = [Path(p) for p in paths]
+    min_side = 2 * detector.input_size if min_side is None else min_side
     for start in range(0, len(paths), detector.cfg.batch_size):
         chunk = []
         for path in paths[start:start + detector.cfg.batch_size]:
             try:
-                chunk.append(FileDetection(path, image=decode_image(path)))
+                chunk.append(FileDetection(path, image=decode_image(path, min_side=min_side)))
             except ImageLoadError as err:
                 logger.warning("skipping %s", err)
                 chunk.append(FileDetection(path, error=str(err)))

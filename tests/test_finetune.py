@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kaleido.cli import main
+from kaleido.data import read_split
 from kaleido.finetune import (CaptionConfig, CategoryConfig, PairInputs, RetrievalConfig, load_task,
                               seq2seq_pattern)
 from kaleido.finetune.caption import CaptionCollator, CaptionTask
@@ -153,6 +154,12 @@ def test_pretrain_finetune_eval_end_to_end(pretrain_data, tmp_path, capsys):
     r = result["retrieval"]
     assert r["draws"] == 2 and 0 <= r["ITR"]["R@1"] <= r["ITR"]["R@5"] <= r["ITR"]["R@10"] <= 1
     assert 0 <= r["SumR"] <= 600 and r["full_catalog"]["products"] == 6
+    n_train = sum(s == "train" for s in read_split(d["split"]).values())
+    assert result["products"] == n_train > 6  # the train split, every product of it cached
+    assert r["queries"] == [6, 6]  # kb101.queries reached the protocol (the split holds more)
+    # each distinct pair once: at least one draw's 6 x 9 ITR pairs; at most both draws' ITR and
+    # TIR pairs, the 6 x 6 full catalog and 2 ITM-accuracy pairs per product
+    assert 6 * 9 <= r["pairs_scored"] <= 2 * 2 * 6 * 9 + 6 * 6 + 2 * n_train
     assert 0 <= result["category"]["accuracy"] <= 1 and "macro_f1" in result["subcategory"]
     assert set(result["caption"]["scores"]) >= {"BLEU-4", "CIDEr", "ROUGE-L"}
     # zero-shot retrieval straight from the pre-training run's ITM head

@@ -42,7 +42,7 @@ def test_padding_does_not_change_the_real_positions():
     assert torch.allclose(a.patch_hidden, b.patch_hidden, atol=1e-5)
 
 
-def test_sdpa_and_eager_attention_agree():
+def test_sdpa_and_eager_attention_agree(monkeypatch):
     torch.manual_seed(0)
     eager = create_model("tiny", attn_implementation="eager").eval()
     sdpa = create_model("tiny", attn_implementation="sdpa").eval()
@@ -50,10 +50,18 @@ def test_sdpa_and_eager_attention_agree():
     x = _inputs(eager.config)
     x["attention_mask"][1, 5:] = 0
     pattern = torch.ones(62, 62, dtype=torch.bool).tril()  # any pattern: both paths must match
+    calls = []
+    sdpa_fn = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(1) or sdpa_fn(*a, **kw))
     with torch.no_grad():
         for kw in ({}, {"attention_pattern": pattern}):
-            assert torch.allclose(eager(**x, **kw).last_hidden_state, sdpa(**x, **kw).last_hidden_state,
-                                  atol=1e-5)
+            calls.clear()
+            a = eager(**x, **kw).last_hidden_state
+            assert not calls  # eager: BERT's matmuls, never PyTorch's fused attention
+            b = sdpa(**x, **kw).last_hidden_state
+            assert len(calls) == sdpa.config.num_hidden_layers  # sdpa: one call per layer
+            assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_attention_pattern_is_respected():

@@ -11,10 +11,12 @@ on the image alone and on image + title.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,51 +66,87 @@ class LinearProbeRunConfig:
     eval: ProbeEvalConfig = field(default_factory=ProbeEvalConfig)
 
 
-class Standardizer:
-    """Per-dimension standardisation fitted on the training split."""
-
-    def __init__(self, x: np.ndarray):
-        self.mean = x.mean(0, keepdims=True)
-        self.std = x.std(0, keepdims=True) + 1e-6
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.std).astype(np.float32)
-
-
 class LinearDualEncoder(nn.Module):
-    """Two linear maps (image, text) into one L2-normalised space and a learnable temperature."""
+    """Two linear maps (image, text) into one L2-normalised space and a learnable temperature.
 
-    def __init__(self, image_dim: int, text_dim: int, cfg: LinearProbeConfig):
+    It takes the raw frozen features: the training split's per-dimension mean and std are
+    buffers of the model (:meth:`fit_standardisation`), so a saved model embeds new products
+    by itself.
+    """
+
+    model_type = "kaleido-linear-probe"
+
+    def __init__(self, image_dim: int, text_dim: int, dim: int = 256, dropout: float = 0.2,
+                 init_temperature: float = 0.07):
         super().__init__()
-        self.image = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(image_dim, cfg.dim))
-        self.text = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(text_dim, cfg.dim))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        self.dims = {"image_dim": image_dim, "text_dim": text_dim, "dim": dim, "dropout": dropout}
+        self.image = nn.Sequential(nn.Dropout(dropout), nn.Linear(image_dim, dim))
+        self.text = nn.Sequential(nn.Dropout(dropout), nn.Linear(text_dim, dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        for side, d in (("image", image_dim), ("text", text_dim)):
+            self.register_buffer(f"{side}_mean", torch.zeros(d))
+            self.register_buffer(f"{side}_std", torch.ones(d))
+
+    def fit_standardisation(self, image: np.ndarray, text: np.ndarray) -> None:
+        """Per-dimension mean and std of the training features."""
+        for side, x in (("image", image), ("text", text)):
+            getattr(self, f"{side}_mean").copy_(torch.from_numpy(x.mean(0)))
+            getattr(self, f"{side}_std").copy_(torch.from_numpy(x.std(0) + 1e-6))
 
     def embed_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image(x), dim=-1)
+        """(N, image_dim) raw features -> (N, dim) unit vectors."""
+        return F.normalize(self.image((x - self.image_mean) / self.image_std), dim=-1)
 
     def embed_text(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text(x), dim=-1)
+        """(N, text_dim) raw title embeddings -> (N, dim) unit vectors."""
+        return F.normalize(self.text((x - self.text_mean) / self.text_std), dim=-1)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """``config.json`` + ``model.safetensors`` in the folder ``path``."""
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps({"model_type": self.model_type, **self.dims}, indent=2) + "\n")
+        save_model(self, str(path / "model.safetensors"))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "LinearDualEncoder":
+        from safetensors.torch import load_model
+
+        path = Path(path)
+        file = path / "config.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"{path}: no config.json; not a saved linear probe "
+                                    "(`kaleido baseline linear-probe` writes OUT/model)")
+        cfg = json.loads(file.read_text())
+        if cfg.pop("model_type", None) != cls.model_type:
+            raise ValueError(f"{file}: model_type is not {cls.model_type!r}")
+        model = cls(**cfg)
+        load_model(model, str(path / "model.safetensors"), strict=True)
+        return model.eval()
 
 
 def train_dual_encoder(image: np.ndarray, text: np.ndarray, titles, cfg: LinearProbeConfig) -> tuple[LinearDualEncoder, dict]:
-    """Train the linear dual encoder on standardised features.
+    """Train the linear dual encoder on the raw frozen features (standardised inside).
 
     Args:
-        image: (N, Di) standardised image features of the training products.
-        text: (N, Dt) standardised title embeddings, row-aligned with ``image``.
+        image: (N, Di) image features of the training products.
+        text: (N, Dt) title embeddings, row-aligned with ``image``.
         titles: (N,) titles; same-title products in a batch are not each other's negatives.
         cfg: the recipe.
 
     Returns:
-        The model (eval mode) and ``{"seconds", "final_loss", "steps"}``.
+        The model (eval mode) and ``{"seconds", "final_loss", "steps", "temperature"}``.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = LinearDualEncoder(image.shape[1], text.shape[1], cfg)
+    model = LinearDualEncoder(image.shape[1], text.shape[1], cfg.dim, cfg.dropout, cfg.init_temperature)
+    model.fit_standardisation(image, text)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    xi, xt = torch.from_numpy(image), torch.from_numpy(text)
+    xi, xt = torch.from_numpy(image.astype(np.float32)), torch.from_numpy(text.astype(np.float32))
     groups = torch.from_numpy(title_codes(titles))
     gen = torch.Generator().manual_seed(cfg.seed)
     start, steps, loss = time.perf_counter(), 0, torch.tensor(float("nan"))
@@ -126,13 +164,14 @@ def train_dual_encoder(image: np.ndarray, text: np.ndarray, titles, cfg: LinearP
             steps += 1
     model.eval()
     return model, {"seconds": time.perf_counter() - start, "final_loss": float(loss.detach()), "steps": steps,
-                   "temperature": float(1.0 / model.logit_scale.exp())}
+                   "temperature": float(1.0 / model.logit_scale.detach().exp())}
 
 
 def similarity(model: LinearDualEncoder, image: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """(N_images, N_texts) cosine similarities."""
+    """(N_images, N_texts) cosine similarities of raw features."""
     with torch.no_grad():
-        return (model.embed_image(torch.from_numpy(image)) @ model.embed_text(torch.from_numpy(text)).t()).numpy()
+        return (model.embed_image(torch.from_numpy(image.astype(np.float32)))
+                @ model.embed_text(torch.from_numpy(text.astype(np.float32))).t()).numpy()
 
 
 def retrieval_from_scores(scores: np.ndarray, subcategories, categories, titles,
@@ -182,18 +221,66 @@ def run_linear_probe(train: dict, test: dict, cfg: LinearProbeConfig = LinearPro
 
     Returns:
         ``{"retrieval": Table-2 dict, "category": {"image": ..., "image+title": ...},
-        "subcategory": {...}, "train": {...}, "products": {"train": n, "test": n}}``.
+        "subcategory": {...}, "train": {...}, "products": {"train": n, "test": n}, "model": the
+        trained LinearDualEncoder}``.
     """
-    si, st = Standardizer(train["image"]), Standardizer(train["text"])
-    tr_i, tr_t, te_i, te_t = si(train["image"]), st(train["text"]), si(test["image"]), st(test["text"])
-    model, info = train_dual_encoder(tr_i, tr_t, train["titles"], cfg)
+    model, info = train_dual_encoder(train["image"], train["text"], train["titles"], cfg)
     log.info("linear dual encoder: %d steps in %.1f s, final loss %.3f", info["steps"], info["seconds"],
              info["final_loss"])
-    scores = similarity(model, te_i, te_t)
+    scores = similarity(model, test["image"], test["text"])
     out = {"retrieval": retrieval_from_scores(scores, test["subcategory"], test["category"], test["titles"], eval_cfg),
-           "train": info, "products": {"train": len(tr_i), "test": len(te_i)}}
+           "train": info, "products": {"train": len(train["image"]), "test": len(test["image"])}, "model": model}
+    # the classifiers see the same standardised features
+    def standard(x: np.ndarray, side: str) -> np.ndarray:
+        mean, std = getattr(model, f"{side}_mean").numpy(), getattr(model, f"{side}_std").numpy()
+        return ((x - mean) / std).astype(np.float32)
+
+    tr_i, tr_t = standard(train["image"], "image"), standard(train["text"], "text")
+    te_i, te_t = standard(test["image"], "image"), standard(test["text"], "text")
     both_tr, both_te = np.concatenate([tr_i, tr_t], 1), np.concatenate([te_i, te_t], 1)
     for target in ("category", "subcategory"):
         out[target] = {"image": logistic_regression(tr_i, train[target], te_i, test[target], cfg),
                        "image+title": logistic_regression(both_tr, train[target], both_te, test[target], cfg)}
     return out
+
+
+def stored_image_features(run: str | Path) -> dict[str, np.ndarray]:
+    """``{product id: feature}`` of every image feature chunk a linear-probe run cached."""
+    out: dict[str, np.ndarray] = {}
+    for file in sorted(Path(run).glob("features/*/chunk-*.npz")):
+        stored = np.load(file, allow_pickle=False)
+        out.update(zip(stored["ids"].tolist(), stored["features"]))
+    return out
+
+
+class ProbePrior:
+    """The linear reference as a pair scorer over ``products``: ``score(images, texts)`` is its
+    logit ``sim / temperature`` for product-index arrays, the prior that re-ranking adds to ITM.
+
+    Args:
+        run: a ``kaleido baseline linear-probe`` folder (``model/`` and the feature chunks of
+            the split being evaluated).
+        products: the evaluated products, in the scorer's order.
+    """
+
+    def __init__(self, run: str | Path, products):
+        model = LinearDualEncoder.from_pretrained(Path(run) / "model")
+        feats = stored_image_features(run)
+        missing = [p.id for p in products if p.id not in feats]
+        if missing:
+            raise ValueError(f"{run} has no whole-image feature for {len(missing)} of the {len(products)} "
+                             f"products (e.g. {missing[:3]}); run `kaleido baseline linear-probe ... --split` "
+                             "on the split being evaluated")
+        image = np.stack([feats[p.id] for p in products]).astype(np.float32)
+        from kaleido.baselines.features import title_embeddings
+
+        text = title_embeddings([p.title for p in products]).astype(np.float32)
+        with torch.no_grad():
+            self.image = model.embed_image(torch.from_numpy(image)).numpy()
+            self.text = model.embed_text(torch.from_numpy(text)).numpy()
+            self.scale = float(model.logit_scale.exp().clamp(max=100.0))
+
+    def score(self, images, texts) -> np.ndarray:
+        images, texts = np.asarray(images), np.asarray(texts)
+        flat = np.einsum("ij,ij->i", self.image[images.ravel()], self.text[texts.ravel()])
+        return (self.scale * flat).reshape(images.shape).astype(np.float32)

@@ -73,6 +73,9 @@ def cmd_linear_probe(args) -> int:
         rows[f"{name} ({inputs})"] = {"category": result["category"][inputs],
                                       "subcategory": result["subcategory"][inputs]}
     print("\nTable 3 (category, subcategory; logistic regression on the frozen features)\n" + format_table3(rows))
+    model = result.pop("model")
+    model.save_pretrained(args.out / "model")
+    print(f"saved the linear dual encoder to {args.out / 'model'} (eval: kaleido eval ... prior={args.out})")
     payload = {"name": name, "split": args.split, **result}
     (args.out / "result.json").write_text(json.dumps(to_jsonable(payload), indent=2))
     print(f"wrote {args.out / 'result.json'}")

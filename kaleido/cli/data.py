@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..config import load_config, save_config
@@ -54,11 +55,26 @@ def cmd_split(args) -> int:
     cfg = load_config(DataConfig, args.config, overrides, component="data")
     catalog = load_catalog(cfg.catalog)
     print(catalog.report.summary())
+    if not len(catalog):
+        print("kaleido: error: the catalog has no products to split", file=sys.stderr)
+        return 1
     path = write_split(catalog, args.out, cfg.split)
     save_config(cfg, args.out)
     meta = json.loads((args.out / "split.json").read_text())
     counts = ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())
     print(f"wrote {path} ({counts}) and {args.out / 'config.yaml'}")
+    # Each category is cut on its own, so categories of one or two products go to train only.
+    wanted = {"val": cfg.split.val, "test": 1 - cfg.split.train - cfg.split.val}
+    empty = [name for name, share in wanted.items() if share > 1e-9 and not meta["counts"][name]]
+    for name in empty:
+        print(f"warning: the {name} split is empty ({len(catalog):,} products; categories too small "
+              f"to reach it at split.train={cfg.split.train:g}, split.val={cfg.split.val:g})",
+              file=sys.stderr)
+    if "test" in empty:
+        print("kaleido: error: the test split is empty, so there is nothing to evaluate on; "
+              "lower split.train / split.val, set split.stratify_by=none, or add products",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -41,10 +41,18 @@ def cmd_eval(args) -> int:
     name = args.name or args.checkpoint.name
     if "retrieval" in result:
         r = result["retrieval"]
-        print(f"\nTable 2 (KB-101 retrieval; {r['sampling']})\n" + format_table2({name: r}))
+        systems = {name: r}
+        if "fused" in r:
+            systems = {"linear reference (same draws)": r["prior"], name: r,
+                       f"{name} ITM + {r['fused']['prior_weight']:g} x linear reference": r["fused"]}
+        print(f"\nTable 2 (KB-101 retrieval; {r['sampling']})\n" + format_table2(systems, with_std=True))
         if "full_catalog" in r:
-            print(f"\nFull-catalog retrieval ({r['full_catalog']['products']} products)\n"
-                  + format_full_catalog({name: r["full_catalog"]}))
+            print(f"\nFull-catalog retrieval ({r['full_catalog']['products']} products; any same-title "
+                  f"product is a hit)\n" + format_full_catalog({k: v["full_catalog"] for k, v in systems.items()}))
+        itm = r["itm"]
+        print(f"\nITM accuracy on clean pairs, 1 positive + 1 same-subcategory negative per product "
+              f"({itm['pairs']} pairs): {itm['accuracy']:.3f} (positives {itm['positive_accuracy']:.3f}, "
+              f"negatives {itm['negative_accuracy']:.3f})")
     if {"category", "subcategory", "caption"} & set(result):
         print("\nTable 3 (category, subcategory, captioning)\n" + format_table3({name: table3_row(result)}))
     if args.json:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import load_config, save_config
-from ..data import CatalogConfig, load_catalog, read_split, split_catalog
-from ..patches.cache import build_cache, config_dict
-from ..patches.extract import PatchConfig, PatchExtractor
+from ..config import load_config
+from ..data import Catalog, CatalogConfig, load_catalog, read_split, split_catalog
+from ..data.images import to_original
+from ..patches.cache import FeatureCache, build_cache, config_dict
+from ..patches.extract import PatchConfig, PatchExtractor, decode_side
 from ..patches.visualize import draw_patch_grids
-from .common import add_catalog_args, catalog_overrides, exit_code, readable_images
+from .common import add_catalog_args, catalog_overrides, exit_code, readable_images, weights_help
+
+log = logging.getLogger(__name__)
+
+#: What to run instead when the U2-Net-p weights cannot be had.
+SALIENCY_FALLBACKS = ("patches.saliency.method=spectral_residual (or fine_grained): OpenCV saliency, "
+                      "no weights; or --config kaleido: no saliency, the grids cover the whole image")
 
 
 @dataclass
@@ -58,30 +67,62 @@ def _config(args) -> PatchJobConfig:
     return load_config(PatchJobConfig, args.config, overrides, component="patches")
 
 
+def _split_for_cache(catalog: Catalog, split_file: Path, name: str) -> Catalog:
+    """The products of one split. The catalog holds every row, image file or not; a split is
+    made from the rows whose files exist, so rows that are in no split are left out when
+    (and only when) their image files are missing."""
+    split = read_split(split_file)
+    unlisted = [p for p in catalog if p.id not in split]
+    if any(catalog.store.exists(ref) for p in unlisted for ref in p.images):
+        split_catalog(catalog, split, name)  # raises: the split was made for another catalog
+    if unlisted:
+        log.info("%d products whose image files are missing are in no split of %s",
+                 len(unlisted), split_file)
+    return catalog.subset(p.id for p in catalog if split.get(p.id) == name)
+
+
 def cmd_extract(args) -> int:
     cfg = _config(args)
-    catalog = load_catalog(cfg.catalog)
+    # Every row of the table, whether its image file exists yet or not: a missing file is
+    # skipped at extraction and picked up by a rerun once it is there, and the cache's
+    # product list (its fingerprint) does not change when a file is added.
+    catalog = load_catalog(replace(cfg.catalog, check_files=False))
     print(catalog.report.summary())
     if (args.split_file is None) != (args.split is None):
         raise ValueError("--split-file and --split go together")
     if args.split_file:
-        catalog = split_catalog(catalog, read_split(args.split_file), args.split)
+        catalog = _split_for_cache(catalog, args.split_file, args.split)
         print(f"{args.split} split: {len(catalog):,} products")
-    extractor = PatchExtractor.from_config(cfg.patches)
+    if not len(catalog):
+        print("kaleido: error: no products to extract", file=sys.stderr)
+        return 1
+    with weights_help(SALIENCY_FALLBACKS):
+        extractor = PatchExtractor.from_config(cfg.patches)
     print(f"backbone {cfg.patches.backbone.name}: {extractor.backbone.weights_source}")
-    save_config(cfg, args.out)
     report = build_cache(catalog, extractor, args.out, shard_size=cfg.shard_size,
-                         config=config_dict(cfg.patches), max_shards=args.max_shards)
+                         config=config_dict(cfg.patches), max_shards=args.max_shards, run_config=cfg)
     print(f"{args.out}: {report.summary()}")
+    for item in report.images_skipped[:5]:
+        print(f"  skipped {item['id']}: {item['error']}")
+    if report.images_skipped:
+        print("  fix or add those images and run the same command again: it re-extracts them")
+    if not len(FeatureCache(args.out)):
+        print(f"kaleido: error: no product could be extracted into {args.out} "
+              f"({len(report.images_skipped)} unreadable images this time)", file=sys.stderr)
+        return 1
+    if report.shards_written + report.shards_redone and not report.products_written:
+        print("warning: the shards written this time hold no product (every image unreadable)",
+              file=sys.stderr)
     return 0
 
 
 def cmd_show(args) -> int:
     cfg = _config(args)
-    extractor = PatchExtractor.from_config(cfg.patches)
+    with weights_help(SALIENCY_FALLBACKS):
+        extractor = PatchExtractor.from_config(cfg.patches)
     args.out.mkdir(parents=True, exist_ok=True)
     failures = []
-    for path, image in readable_images(args.images, failures):
+    for path, image in readable_images(args.images, failures, min_side=decode_side(cfg.patches)):
         if extractor.detector is not None:
             result = extractor.detector.detect(image)
             box, mask, note = result.box, result.mask, " (fell back to whole image)" * result.fallback
@@ -90,5 +131,5 @@ def cmd_show(args) -> int:
         picture = draw_patch_grids(image, box, cfg.patches.grids, mask=mask)
         target = args.out / f"{path.stem}_patches.png"
         picture.save(target)
-        print(f"{path}: box {tuple(int(v) for v in box)}{note} -> {target}")
+        print(f"{path}: box {to_original(box, image)}{note} -> {target}")
     return exit_code(failures, args.images)

@@ -12,6 +12,11 @@ import sys
 from pathlib import Path
 
 from ..config import load_config
+from .common import weights_help
+
+#: What to run instead when the U2-Net-p weights cannot be had.
+SALIENCY_FALLBACKS = ("--method spectral_residual or --method fine_grained "
+                      "(OpenCV static saliency, no weights needed)")
 
 
 def register(sub) -> None:
@@ -44,9 +49,17 @@ def register(sub) -> None:
 
 def _add_detector_args(parser) -> None:
     parser.add_argument("--method", default=None,
-                        help="u2netp (default), spectral_residual or fine_grained")
+                        help="u2netp (default; pre-trained weights fetched on first use), or "
+                             "spectral_residual / fine_grained (OpenCV, no weights)")
     parser.add_argument("--weights", default=None,
                         help="fine-tuned model.safetensors or its run folder (u2netp)")
+
+
+def _create_detector(cfg):
+    from saliency.detector import create_detector
+
+    with weights_help(SALIENCY_FALLBACKS):
+        return create_detector(cfg)
 
 
 def _detector_config(args, overrides: list[str]):
@@ -74,13 +87,15 @@ def _split_overrides(tokens: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_predict(args) -> int:
-    from saliency.detector import create_detector, detect_files
+    from saliency.detector import detect_files
     from saliency.visualize import save_prediction
+
+    from ..data.images import original_size, to_original
 
     paths, overrides = _split_overrides(args.images)
     if not paths:
         raise ValueError("no image given")
-    detector = create_detector(_detector_config(args, overrides + list(args.overrides)))
+    detector = _create_detector(_detector_config(args, overrides + list(args.overrides)))
     written: dict[str, Path] = {}
     for item in detect_files(detector, paths):
         if item.error is not None:
@@ -92,8 +107,9 @@ def cmd_predict(args) -> int:
                   file=sys.stderr)
         written[stem] = item.path
         save_prediction(item.image, item.result, args.out, stem)
-        w, h = item.image.size
-        print(f"{item.path}: box {item.result.box} in {w}x{h}, "
+        (w0, h0), (w, h) = original_size(item.image), item.image.size
+        decoded = f" (decoded at {w}x{h})" if (w, h) != (w0, h0) else ""
+        print(f"{item.path}: box {to_original(item.result.box, item.image)} in {w0}x{h0}{decoded}, "
               f"fallback {'yes' if item.result.fallback else 'no'}")
     bad = len(paths) - detector.detected
     print(f"{detector.detected} of {len(paths)} images done ({detector.fallbacks} fell back to "
@@ -116,11 +132,10 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from saliency.detector import create_detector
     from saliency.finetune import evaluate_detector, find_pairs
 
     pairs = find_pairs(args.images, args.masks)
-    detector = create_detector(_detector_config(args, list(args.overrides)))
+    detector = _create_detector(_detector_config(args, list(args.overrides)))
     result = evaluate_detector(detector, pairs)
     method = detector.cfg.method
     if method == "u2netp":

@@ -54,15 +54,19 @@ class Product:
 
 @dataclass
 class LoadReport:
-    """What happened while loading a catalog: counts of everything skipped or repaired.
+    """What happened while loading a catalog: counts of everything skipped, repaired or noted.
 
     Attributes:
         source: the file the catalog came from.
         rows: rows (tables) or images (HDF5) read.
         products: products kept.
-        skipped: reason -> number of products skipped for it.
-        repaired: reason -> number of values repaired (e.g. non-UTF-8 strings decoded).
-        examples: reason -> a few offending product ids / paths, for the user to look at.
+        skipped: reason -> number of products (or rows) skipped for it.
+        repaired: reason -> number of values repaired (e.g. non-UTF-8 lines decoded).
+        noted: reason -> number of products kept as they are but worth a look (e.g. titles
+            the tokenizer reads as ``[UNK]``).
+        examples: reason -> the first few offending product ids / lines / paths.
+        entries: every item skipped, repaired or noted, in order, as
+            ``{"kind", "reason", "item"}``: nothing is dropped without being named here.
     """
 
     source: str
@@ -70,21 +74,29 @@ class LoadReport:
     products: int = 0
     skipped: Counter = field(default_factory=Counter)
     repaired: Counter = field(default_factory=Counter)
+    noted: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
+    entries: list = field(default_factory=list)
 
     def skip(self, reason: str, example: str, warn: bool = True) -> None:
         """Count one skipped item and keep the first few examples."""
         self.skipped[reason] += 1
-        self._example(reason, example)
+        self._example("skipped", reason, example)
         if warn and self.skipped[reason] <= 5:
             log.warning("%s: skipped %s (%s)", self.source, example, reason)
 
     def repair(self, reason: str, example: str) -> None:
         """Count one repaired value."""
         self.repaired[reason] += 1
-        self._example(reason, example)
+        self._example("repaired", reason, example)
 
-    def _example(self, reason: str, example: str) -> None:
+    def note(self, reason: str, example: str) -> None:
+        """Count one item kept as it is but worth a look."""
+        self.noted[reason] += 1
+        self._example("noted", reason, example)
+
+    def _example(self, kind: str, reason: str, example: str) -> None:
+        self.entries.append({"kind": kind, "reason": reason, "item": example})
         examples = self.examples.setdefault(reason, [])
         if len(examples) < 5:
             examples.append(example)
@@ -92,10 +104,10 @@ class LoadReport:
     def summary(self) -> str:
         """A few human-readable lines."""
         lines = [f"{self.source}: {self.rows:,} rows -> {self.products:,} products"]
-        for reason, n in sorted(self.skipped.items()):
-            lines.append(f"  skipped {n:,} ({reason}), e.g. {', '.join(self.examples[reason][:3])}")
-        for reason, n in sorted(self.repaired.items()):
-            lines.append(f"  repaired {n:,} ({reason}), e.g. {', '.join(self.examples[reason][:3])}")
+        for kind, counts in (("skipped", self.skipped), ("repaired", self.repaired),
+                             ("noted", self.noted)):
+            for reason, n in sorted(counts.items()):
+                lines.append(f"  {kind} {n:,} ({reason}), e.g. {', '.join(self.examples[reason][:3])}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -105,15 +117,23 @@ class LoadReport:
             "products": self.products,
             "skipped": dict(self.skipped),
             "repaired": dict(self.repaired),
+            "noted": dict(self.noted),
             "examples": self.examples,
+            "entries": self.entries,
         }
 
 
 class ImageStore(Protocol):
     """Decodes the image behind an image reference of a product."""
 
-    def load(self, ref) -> Image.Image:
-        """Return the RGB image for ``ref``; raise :class:`ImageLoadError` when unreadable."""
+    def load(self, ref, min_side: int | None = None) -> Image.Image:
+        """Return the RGB image for ``ref``; raise :class:`ImageLoadError` when unreadable.
+
+        ``min_side``: the image may be decoded smaller, by an integer factor, as long as both
+        sides stay at least this long (see :func:`~kaleido.data.images.decode_image`)."""
+
+    def exists(self, ref) -> bool:
+        """Whether ``ref`` points at something that exists (a file on disk, an HDF5 row)."""
 
     def describe(self, ref) -> str:
         """Name ``ref`` for messages (a path, or file + row)."""
@@ -139,9 +159,13 @@ class Catalog:
     def __post_init__(self) -> None:
         self._index = {p.id: i for i, p in enumerate(self.products)}
         if len(self._index) != len(self.products):
-            dupes = [pid for pid, n in Counter(p.id for p in self.products).items() if n > 1]
+            where: dict[str, list[int]] = {}
+            for position, p in enumerate(self.products, start=1):
+                where.setdefault(p.id, []).append(position)
+            dupes = [(pid, pos) for pid, pos in where.items() if len(pos) > 1]
+            examples = ", ".join(f"{pid!r} (products {', '.join(map(str, pos))})" for pid, pos in dupes[:5])
             raise CatalogError(
-                f"{self.report.source}: {len(dupes)} duplicate product ids, e.g. {dupes[:5]}"
+                f"{self.report.source}: {len(dupes)} duplicate product ids, e.g. {examples}"
             )
 
     def __len__(self) -> int:
@@ -169,9 +193,17 @@ class Catalog:
         report = LoadReport(source=self.report.source, rows=len(kept), products=len(kept))
         return Catalog(kept, self.store, report, name=self.name)
 
-    def load_image(self, product: Product, index: int = 0) -> Image.Image:
-        """Decode one image of a product (raises :class:`ImageLoadError`)."""
-        return self.store.load(product.images[index])
+    def load_image(self, product: Product, index: int = 0, *, min_side: int | None = None) -> Image.Image:
+        """Decode one image of a product (raises :class:`ImageLoadError`).
+
+        Args:
+            product: the product.
+            index: which of its images.
+            min_side: decode big images smaller, keeping both sides at least this long
+                (the original size is in ``image.info["original_size"]``).
+        """
+        ref = product.images[index]
+        return self.store.load(ref) if min_side is None else self.store.load(ref, min_side=min_side)
 
     def iter_images(
         self, products=None, *, report: LoadReport | None = None, all_views: bool = False

@@ -77,7 +77,8 @@ class HDF5ImageStore:
             self._pid = os.getpid()
         return self._file[IMAGE_KEY]
 
-    def load(self, ref: int) -> Image.Image:
+    def load(self, ref: int, min_side: int | None = None) -> Image.Image:
+        # min_side: Fashion-Gen images are 256 px, never worth decoding smaller
         try:
             pixels = self._images()[int(ref)]
         except (OSError, IndexError, ValueError) as err:
@@ -86,6 +87,9 @@ class HDF5ImageStore:
             raise ImageLoadError(f"{self.describe(ref)}: expected HxWx3 uint8, "
                                  f"got {pixels.shape} {pixels.dtype}")
         return Image.fromarray(pixels)
+
+    def exists(self, ref: int) -> bool:
+        return 0 <= int(ref) < len(self._images())
 
     def describe(self, ref: int) -> str:
         return f"{self.path}[{IMAGE_KEY}][{int(ref)}]"

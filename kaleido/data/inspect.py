@@ -90,6 +90,8 @@ def format_inspection(result: dict, limit: int = 15) -> str:
         lines.append(f"skipped   {n:,} {reason}, e.g. {', '.join(load['examples'][reason][:3])}")
     for reason, n in load["repaired"].items():
         lines.append(f"repaired  {n:,} {reason}, e.g. {', '.join(load['examples'][reason][:3])}")
+    for reason, n in load.get("noted", {}).items():
+        lines.append(f"noted     {n:,} {reason}, e.g. {', '.join(load['examples'][reason][:3])}")
     if "image_check" in result:
         check = result["image_check"]
         sizes = ", ".join(f"{s} ({n:,})" for s, n in check["sizes"].items())

@@ -5,21 +5,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from PIL import Image
 
 from ..config import list_presets, load_config
 from .catalog import Catalog, CatalogError, LoadReport, Product
 from .images import DEFAULT_MAX_PIXELS, decode_image
+from .table_reader import NOTED_MULTILINE, read_table
 
 log = logging.getLogger(__name__)
 
-TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
-                  ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 IMAGE_SEPARATOR = "|"
 
 
@@ -67,26 +64,6 @@ class ColumnMapping:
 def column_preset(name: str) -> ColumnMapping:
     """Load a named column mapping from ``kaleido/configs/columns``."""
     return load_config(ColumnMapping, name, component="columns")
-
-
-def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:
-    """Read a product table with every value as a string (ids keep leading zeros)."""
-    fmt = fmt or TABLE_SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise CatalogError(f"{path}: unknown table format {path.suffix!r}; "
-                           f"use one of {sorted(set(TABLE_SUFFIXES))}")
-    try:
-        if fmt == "csv":
-            sep = "\t" if path.suffix.lower() == ".tsv" else ","
-            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
-                               encoding_errors="replace", on_bad_lines="warn")
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise CatalogError(f"{path}: cannot read as {fmt} ({err})") from err
-    raise CatalogError(f"{path}: unknown table format {fmt!r}")
 
 
 def detect_mapping(path: Path, header: list[str]) -> tuple[str, ColumnMapping]:
@@ -139,11 +116,22 @@ class FileImageStore:
         path = Path(ref)
         return path if path.is_absolute() else self.root / path
 
-    def load(self, ref: str) -> Image.Image:
-        return decode_image(self.resolve(ref), max_pixels=self.max_pixels)
+    def load(self, ref: str, min_side: int | None = None) -> Image.Image:
+        return decode_image(self.resolve(ref), max_pixels=self.max_pixels, min_side=min_side)
+
+    def exists(self, ref: str) -> bool:
+        return os.path.isfile(self.resolve(ref))
 
     def describe(self, ref: str) -> str:
         return str(self.resolve(ref))
+
+
+def _positions(labels: list[str]) -> str:
+    """``['line 3', 'line 5']`` -> ``lines 3, 5`` (other labels are listed as they are)."""
+    kinds = {label.split(" ", 1)[0] for label in labels}
+    if len(kinds) == 1 and kinds <= {"line", "row"}:
+        return f"{kinds.pop()}s {', '.join(label.split(' ', 1)[1] for label in labels)}"
+    return ", ".join(labels)
 
 
 def load_table_catalog(
@@ -154,8 +142,13 @@ def load_table_catalog(
     check_files: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fmt: str | None = None,
+    encoding: str = "auto",
 ) -> Catalog:
     """Load a product table into a :class:`Catalog`.
+
+    Every row ends up as a product or in the report, named by its line (and id): rows
+    that cannot be parsed, short rows, lines that were not UTF-8, missing ids, empty
+    titles, missing image files.
 
     Args:
         path: the CSV / Parquet / JSONL file.
@@ -166,15 +159,19 @@ def load_table_catalog(
             images as they meet them.
         max_pixels: decompression-bomb limit for the image store.
         fmt: force a format instead of guessing from the suffix.
+        encoding: text encoding of CSV / JSONL files: ``auto`` (UTF-8, with lines that are
+            not decoded as cp1252 / latin-1 and counted) or a codec name.
 
     Raises:
-        CatalogError: unreadable table, missing columns (named), or duplicate ids (with examples).
+        CatalogError: unreadable table, missing columns (named), or duplicate ids (with
+            their lines).
     """
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"{path}: catalog table not found")
-    df = read_table(path, fmt)
-    header = [str(c) for c in df.columns]
+    report = LoadReport(source=str(path))
+    table = read_table(path, report, fmt, encoding)
+    df, header = table.frame, table.header
     if isinstance(mapping, str):
         if mapping == "auto":
             preset, mapping = detect_mapping(path, header)
@@ -183,29 +180,38 @@ def load_table_catalog(
             mapping = column_preset(mapping)
     check_columns(path, header, mapping)
 
-    ids = df[mapping.id].map(_text)
-    counts = Counter(i for i in ids if i)
-    dupes = [(i, n) for i, n in counts.items() if n > 1]
+    ids = [_text(v) for v in df[mapping.id]]
+    rows_of: dict[str, list[str]] = {}
+    for pid, where in zip(ids, table.where):
+        if pid:
+            rows_of.setdefault(pid, []).append(where)
+    dupes = [(i, w) for i, w in rows_of.items() if len(w) > 1]
     if dupes:
-        examples = ", ".join(f"{i!r} x{n}" for i, n in dupes[:5])
+        examples = ", ".join(f"{i!r} x{len(w)} ({_positions(w)})" for i, w in dupes[:5])
         raise CatalogError(f"{path}: {len(dupes)} duplicate product ids in column "
                            f"{mapping.id!r}, e.g. {examples}")
 
     store = FileImageStore(Path(image_root) if image_root else path.parent, max_pixels)
-    report = LoadReport(source=str(path), rows=len(df))
+    report.rows = len(df) + len(table.bad)
+    id_column = header.index(mapping.id)
+    for reason, where, fields in table.bad:
+        pid = _text(fields[id_column]) if id_column < len(fields) else ""
+        report.skip(reason, f"{where} (id {pid!r})" if pid else where)
     present = set(header)
 
     def column(name: str | None):
         return df[name] if name and name in present else [None] * len(df)
 
     products = []
-    rows = zip(ids, column(mapping.title), column(mapping.description), column(mapping.category),
-               column(mapping.subcategory), column(mapping.image),
+    rows = zip(ids, table.where, column(mapping.title), column(mapping.description),
+               column(mapping.category), column(mapping.subcategory), column(mapping.image),
                *(column(a) for a in mapping.attributes))
-    for row_no, (pid, title, desc, cat, sub, image, *attrs) in enumerate(rows, start=2):
+    for pid, where, title, desc, cat, sub, image, *attrs in rows:
         if not pid:
-            report.skip("missing id", f"row {row_no}")
+            report.skip("missing id", where)
             continue
+        if where.startswith("lines "):
+            report.note(NOTED_MULTILINE, f"{where} (id {pid!r})")
         title = _text(title)
         if not title:
             report.skip("empty title", pid, warn=False)
@@ -215,7 +221,7 @@ def load_table_catalog(
             report.skip("no image path", pid)
             continue
         if check_files:
-            found = [ref for ref in images if os.path.isfile(store.resolve(ref))]
+            found = [ref for ref in images if store.exists(ref)]
             for ref in images:
                 if ref not in found:
                     report.skip("missing image file", f"{pid} ({store.describe(ref)})")

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kaleido.evaluation.kb101 import KB101Config, describe, sample_kb101
-from kaleido.evaluation.metrics import (classification_metrics, full_catalog_ranks, ranks_from_scores,
+from kaleido.evaluation.itm import itm_accuracy
+from kaleido.evaluation.kb101 import KB101Config, describe, sample_kb101, title_codes
+from kaleido.evaluation.metrics import (classification_metrics, full_catalog_ranks_chunked, ranks_from_scores,
                                         retrieval_summary)
+from kaleido.evaluation.scorer import PairScorer
 from kaleido.finetune.base import TASK_NAME, load_task, read_task_info
 from kaleido.finetune.category import CategoryCollator, CategoryTask
 from kaleido.finetune.pairs import PairInputs
@@ -37,51 +39,14 @@ class EvalConfig:
     full_catalog: int = 1000     # products ranked in full-catalog retrieval (N x N pairs; 0 = skip)
     limit: int = 0               # first N products of the split only (0 = all): quick runs
     batch_size: int = 128        # pairs per forward pass
+    score_batch_size: int = 0    # retrieval pairs per forward pass (0 = 64 on CPU, 128 on a GPU)
+    quantize: bool = False       # retrieval scored by an int8 dynamically quantised copy (CPU only)
+    sort_by_length: bool = True  # retrieval pairs scored in order of title length (less padding)
     caption_beam: int = 0        # caption beam width (0 = the checkpoint's own)
     meteor: bool = True          # METEOR needs Java; reported as unavailable without it
     device: str = "auto"         # auto | cpu | cuda
-
-
-class PairScorer:
-    """Match scores of (image product, text product) pairs; each distinct pair scored once."""
-
-    def __init__(self, task: RetrievalTask, pairs: PairInputs, batch_size: int = 128,
-                 device: torch.device | None = None):
-        self.task, self.pairs, self.batch_size = task, pairs, batch_size
-        self.device = device or torch.device("cpu")
-        self.n = len(pairs)
-        self._keys = np.zeros(0, dtype=np.int64)
-        self._scores = np.zeros(0, dtype=np.float32)
-
-    @property
-    def scored(self) -> int:
-        return len(self._keys)
-
-    def prepare(self, images: np.ndarray, texts: np.ndarray, desc: str = "scoring") -> None:
-        """Score every pair not scored yet (one progress bar over all of them)."""
-        keys = np.unique(np.asarray(images, dtype=np.int64) * self.n + np.asarray(texts, dtype=np.int64))
-        todo = np.setdiff1d(keys, self._keys, assume_unique=True)
-        if not len(todo):
-            return
-        out = np.empty(len(todo), dtype=np.float32)
-        self.task.eval().to(self.device)
-        with torch.no_grad(), tqdm(total=len(todo), desc=desc, unit="pair") as bar:
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start:start + self.batch_size]
-                batch = self.pairs.batch(chunk // self.n, chunk % self.n)
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                out[start:start + len(chunk)] = self.task.score(batch).cpu().numpy()
-                bar.update(len(chunk))
-        keys = np.concatenate([self._keys, todo])
-        order = np.argsort(keys)
-        self._keys, self._scores = keys[order], np.concatenate([self._scores, out])[order]
-
-    def score(self, images: np.ndarray, texts: np.ndarray) -> np.ndarray:
-        """Scores of the pairs ``(images[k], texts[k])``, same shape as the inputs."""
-        images, texts = np.asarray(images), np.asarray(texts)
-        self.prepare(images.ravel(), texts.ravel())
-        keys = images.astype(np.int64) * self.n + texts.astype(np.int64)
-        return self._scores[np.searchsorted(self._keys, keys)]
+    prior: str = ""              # a `kaleido baseline linear-probe` run: also rank by it and by ITM + it
+    prior_weight: float = 1.0    # fused score = ITM log-odds + prior_weight x the reference's logit
 
 
 def retrieval_task(path: str | Path) -> RetrievalTask:
@@ -100,33 +65,78 @@ def retrieval_task(path: str | Path) -> RetrievalTask:
     return task.eval()
 
 
+def retrieval_figures(score, products, draws, full_catalog: int) -> dict:
+    """KB-101 summary over ``draws`` and full-catalog ranks of one scoring function.
+
+    Args:
+        score: ``score(images, texts) -> scores`` of product-index arrays (any shape).
+        products: the products the indices refer to (titles decide same-title hits).
+        draws: the KB-101 draws (same-title products already excluded from the negatives).
+        full_catalog: rank the first N products against each other (0 = skip).
+    """
+    itr, tir = [], []
+    for d in draws:
+        q = np.repeat(d.queries[:, None], d.candidates.shape[1], 1)
+        itr.append(ranks_from_scores(score(q, d.candidates)))
+        tir.append(ranks_from_scores(score(d.candidates, q)))
+    result = retrieval_summary(itr, tir)
+    n = min(full_catalog, len(products))
+    if n >= 2:
+        idx = np.arange(n)
+
+        def score_rows(start: int, stop: int) -> np.ndarray:
+            images, texts = np.repeat(idx[start:stop], n), np.tile(idx, stop - start)
+            return score(images, texts).reshape(stop - start, n)  # (rows, n)
+
+        # score_pairs gives the targets from the same-title pairs first: each row scored once
+        ranks = full_catalog_ranks_chunked(score_rows, n, groups=title_codes([p.title for p in products[:n]]),
+                                           chunk_rows=max(1, (1 << 20) // n), score_pairs=score)
+        twins = ranks.pop("in_shared_group")
+        result["full_catalog"] = {"products": n, **ranks, "same_title_products": twins}
+    return result
+
+
 def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig) -> dict:
-    """KB-101 (ITR and TIR, averaged over the draws) and full-catalog retrieval."""
+    """KB-101 (ITR and TIR, averaged over the draws) and full-catalog retrieval.
+
+    A product with the query's title (``str.strip().lower()``) is never a KB-101 negative;
+    ``same_title_excluded`` counts those left out. In full-catalog retrieval any product
+    with the true one's title is a hit (the headline figures); ``full_catalog["strict"]``
+    holds the diagonal-only ranks and ``full_catalog["same_title_products"]`` the number
+    of ranked products that have a same-title twin among them. The full-catalog pairs are
+    scored in row chunks of about a million pairs, never N x N at once.
+
+    With ``cfg.prior`` (a ``kaleido baseline linear-probe`` run), the same draws are also
+    ranked by the linear reference alone (``result["prior"]``) and by the sum of the ITM
+    log-odds and ``cfg.prior_weight`` x the reference's logit (``result["fused"]``).
+    """
     device = resolve_device(cfg.device)
-    scorer = PairScorer(task, pairs, cfg.batch_size, device)
+    scorer = PairScorer(task, pairs, cfg.score_batch_size, device, quantize=cfg.quantize,
+                        sort_by_length=cfg.sort_by_length)
     products = pairs.products
     draws = sample_kb101([p.subcategory or "" for p in products], [p.category or "" for p in products],
-                         cfg.kb101)
+                         cfg.kb101, titles=[p.title for p in products])
     needed_i, needed_t = [], []
     for d in draws:
         q = np.repeat(d.queries[:, None], d.candidates.shape[1], 1)
         needed_i += [q.ravel(), d.candidates.ravel()]   # ITR: image q with text c; TIR: image c with text q
         needed_t += [d.candidates.ravel(), q.ravel()]
     scorer.prepare(np.concatenate(needed_i), np.concatenate(needed_t), desc="KB-101 pairs")
-    itr, tir = [], []
-    for d in draws:
-        q = np.repeat(d.queries[:, None], d.candidates.shape[1], 1)
-        itr.append(ranks_from_scores(scorer.score(q, d.candidates)))
-        tir.append(ranks_from_scores(scorer.score(d.candidates, q)))
-    result = retrieval_summary(itr, tir)
+    result = retrieval_figures(scorer.score, products, draws, cfg.full_catalog)
     result["sampling"] = describe(draws)
     result["filled_from_category"] = int(sum(d.filled_from_category for d in draws))
     result["filled_from_any"] = int(sum(d.filled_from_any for d in draws))
-    n = min(cfg.full_catalog, len(products))
-    if n >= 2:
-        idx = np.arange(n)
-        scorer.prepare(np.repeat(idx, n), np.tile(idx, n), desc=f"full catalog {n}x{n}")
-        result["full_catalog"] = {"products": n, **full_catalog_ranks(scorer.score(idx[:, None], idx[None, :]))}
+    result["same_title_excluded"] = int(sum(d.same_title_excluded for d in draws))
+    result["itm"] = itm_accuracy(scorer, products, seed=cfg.kb101.seed)  # clean pairs, hard negatives
+    if cfg.prior:
+        from kaleido.baselines.linear_probe import ProbePrior
+
+        prior = ProbePrior(cfg.prior, products)
+        w = cfg.prior_weight
+        result["prior"] = retrieval_figures(prior.score, products, draws, cfg.full_catalog)
+        result["fused"] = retrieval_figures(lambda i, t: scorer.score(i, t) + w * prior.score(i, t),
+                                            products, draws, cfg.full_catalog)
+        result["fused"]["prior_weight"] = w
     result["pairs_scored"] = scorer.scored
     return result
 

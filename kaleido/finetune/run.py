@@ -9,7 +9,7 @@ import torch
 
 from kaleido.config import save_config
 from kaleido.data import Catalog
-from kaleido.data.split import split_products
+from kaleido.data.split import read_split, split_catalog, split_products
 from kaleido.finetune.caption import CaptionCollator, CaptionTask
 from kaleido.finetune.category import CategoryCollator, CategoryDataset, CategoryTask, label_names
 from kaleido.finetune.config import KINDS, FinetuneConfig
@@ -66,6 +66,28 @@ def build_data(task, pairs: PairInputs, seed: int):
     return list(range(len(pairs))), CaptionCollator(pairs, task.cfg)
 
 
+def validation_pairs(cfg: FinetuneConfig, catalog: Catalog, split_file, features: FeatureCache,
+                     processor: KaleidoProcessor) -> PairInputs | None:
+    """The validation products with cached features, or None (validation skipped, with a
+    warning) when there is no validation split or it has fewer than 2 such products."""
+    name = cfg.data.val_split
+    if not name:
+        return None
+    if split_file is None:
+        raise ValueError(f"validation split {name!r} asked for but no --split-file given "
+                         "(data.val_split='' turns validation off)")
+    products = list(split_catalog(catalog, read_split(split_file), name))
+    products = products[:cfg.data.val_limit] if cfg.data.val_limit else products
+    cached = [p for p in products if p.id in features]
+    if len(cached) < 2:
+        log.warning("validation split %r has %d product(s), %d of them in the feature cache %s; "
+                    "validation skipped (extract the split's features with `kaleido patches extract "
+                    "--split-file %s --split %s`, or set data.val_split='')", name, len(products),
+                    len(cached), features.root, split_file, name)
+        return None
+    return PairInputs(cached, features, processor)
+
+
 def finetune(kind: str, cfg: FinetuneConfig, catalog: Catalog, cache: str | Path, init: str | Path,
              out: str | Path, split_file: str | Path | None = None):
     """Fine-tune Kaleido-BERT for retrieval, category or captioning.
@@ -94,14 +116,9 @@ def finetune(kind: str, cfg: FinetuneConfig, catalog: Catalog, cache: str | Path
     if hasattr(task, "init_from_pretraining") and is_kaleido_checkpoint(init):
         log.info("%s head from the pre-trained heads: %s", kind, task.init_from_pretraining(init))
     val = val_collate = None
-    if cfg.data.val_split:
-        val_pairs = PairInputs(split_products(catalog, split_file, cfg.data.val_split, cfg.data.val_limit),
-                               features, processor)
-        if len(val_pairs) < 2:
-            log.warning("validation split %r has %d product(s); validation skipped", cfg.data.val_split,
-                        len(val_pairs))
-        else:
-            val, val_collate = build_data(task, val_pairs, cfg.train.seed + 1)
+    val_pairs = validation_pairs(cfg, catalog, split_file, features, processor)
+    if val_pairs is not None:
+        val, val_collate = build_data(task, val_pairs, cfg.train.seed + 1)
     if is_main_process():
         save_config(cfg, out, "config.yaml")
     result = Trainer(task, data, cfg.train, out, collate_fn=collate, val_data=val,

@@ -7,8 +7,8 @@ Layout of a cache folder::
     shard-00000/           products [0, shard_size) of the catalog, in catalog order
         features.npy       (N, P, D) float16
         positions.npy      (N, P, 5) float32
-        boxes.npy          (N, 4)    float32  saliency box in pixels
-        image_sizes.npy    (N, 2)    int32    (width, height)
+        boxes.npy          (N, 4)    float32  saliency box in pixels of the image file
+        image_sizes.npy    (N, 2)    int32    (width, height) of the image file
         fallbacks.npy      (N,)      bool     saliency fell back to the whole image
         rotated.npy        (N, 3, D) float16  level-1 patch rotated 90/180/270 (with extras)
         grey.npy           (N, G, D) float16  grey level-4 patches (with extras)
@@ -17,8 +17,10 @@ Layout of a cache folder::
 A shard is written into ``shard-XXXXX.tmp`` and renamed when complete, so a killed job
 leaves only whole shards behind; running the same command again skips them. Shard
 ``k`` always holds the same products and is computed in the same batches, so a resumed
-run writes byte-identical files. Under ``torchrun`` each rank takes every
-``world_size``-th shard.
+run writes byte-identical files. A rerun also re-extracts every shard holding a product
+that was skipped before (unreadable or missing image) and is readable now, so fixing an
+image and running the same command again is all it takes. Under ``torchrun`` each rank
+takes every ``world_size``-th shard.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..config import save_config
 from ..data import Catalog, ImageLoadError
-from .extract import PatchExtractor, PatchFeatures
+from .extract import PatchExtractor, PatchFeatures, decode_side
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,19 @@ class CacheReport:
     shards_total: int = 0
     shards_written: int = 0
     shards_skipped: int = 0
+    shards_redone: int = 0
+    products_recovered: int = 0
     products_written: int = 0
     images_skipped: list = field(default_factory=list)
     saliency_fallbacks: int = 0
 
     def summary(self) -> str:
-        return (f"{self.shards_written} shards written, {self.shards_skipped} already done, "
+        redone = ""
+        if self.shards_redone:
+            redone = (f", {self.shards_redone} shard{'s' * (self.shards_redone > 1)} re-extracted "
+                      f"({self.products_recovered} product{'s' * (self.products_recovered != 1)} "
+                      "skipped before readable now)")
+        return (f"{self.shards_written} shards written{redone}, {self.shards_skipped} already done, "
                 f"{self.shards_total} in all; {self.products_written:,} products written, "
                 f"{len(self.images_skipped)} unreadable images skipped, "
                 f"{self.saliency_fallbacks} saliency fall-backs to the whole image")
@@ -96,11 +106,28 @@ def _check_meta(out: Path, meta: dict) -> None:
                              f"or delete the old one")
 
 
+def _recoverable(shard: Path, catalog: Catalog, min_side: int) -> int:
+    """How many products this shard skipped are readable now (a fixed or added image)."""
+    skipped = json.loads((shard / "ids.json").read_text())["skipped"]
+    readable = 0
+    for item in skipped:
+        try:
+            catalog.load_image(catalog[item["id"]], min_side=min_side)
+            readable += 1
+        except (ImageLoadError, IndexError, KeyError):
+            pass
+    return readable
+
+
 def build_cache(catalog: Catalog, extractor: PatchExtractor, out: str | Path, *,
                 shard_size: int = 256, config: dict | None = None, max_shards: int | None = None,
                 rank: int | None = None, world_size: int | None = None,
-                progress: bool = True) -> CacheReport:
+                progress: bool = True, run_config=None) -> CacheReport:
     """Extract patch features for every product (its first image) into ``out``.
+
+    Shards already written are skipped, unless they hold a product that was skipped
+    (unreadable image) and is readable now: such a shard is extracted again, so the cache
+    is what a fresh run would write.
 
     Args:
         catalog: the products; their order fixes the shards.
@@ -111,9 +138,14 @@ def build_cache(catalog: Catalog, extractor: PatchExtractor, out: str | Path, *,
         max_shards: stop after writing this many shards (batch jobs in slices).
         rank, world_size: this process's share of the shards (default: torchrun's env).
         progress: show a progress bar.
+        run_config: a config dataclass written to ``out/config.yaml`` (by rank 0), once the
+            folder is known to hold a cache of the same run (a refused run writes nothing).
 
     Returns:
         A :class:`CacheReport`.
+
+    Raises:
+        CacheError: ``out`` holds a cache of another catalog, shard size or config.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,11 +162,22 @@ def build_cache(catalog: Catalog, extractor: PatchExtractor, out: str | Path, *,
         _check_meta(out, meta)
     else:
         _write_meta(out, meta)
-
     rank, world = _rank_and_world(rank, world_size)
+    if run_config is not None and rank == 0:
+        save_config(run_config, out)
+
+    min_side = decode_side(cfg)
     mine = [k for k in range(n_shards) if k % world == rank]
     report = CacheReport(shards_total=n_shards)
-    todo = [k for k in mine if not (out / _shard_name(k)).is_dir()]
+    todo, recover = [], {}
+    for k in mine:
+        shard = out / _shard_name(k)
+        shutil.rmtree(out / f"{_shard_name(k)}.old", ignore_errors=True)  # a killed replacement
+        if not shard.is_dir():
+            todo.append(k)
+        elif n := _recoverable(shard, catalog, min_side):
+            todo.append(k)
+            recover[k] = n
     report.shards_skipped = len(mine) - len(todo)
     if max_shards is not None:
         todo = todo[:max_shards]
@@ -143,14 +186,18 @@ def build_cache(catalog: Catalog, extractor: PatchExtractor, out: str | Path, *,
                disable=not progress)
     for k in todo:
         products = catalog.products[k * shard_size:(k + 1) * shard_size]
-        _write_shard(out, k, products, catalog, extractor, report, bar)
-        report.shards_written += 1
+        _write_shard(out, k, products, catalog, extractor, report, bar, min_side)
+        if k in recover:
+            report.shards_redone += 1
+            report.products_recovered += recover[k]
+        else:
+            report.shards_written += 1
     bar.close()
     log.info("%s: %s", out, report.summary())
     return report
 
 
-def _write_shard(out: Path, k: int, products, catalog, extractor, report, bar) -> None:
+def _write_shard(out: Path, k: int, products, catalog, extractor, report, bar, min_side) -> None:
     tmp = out / f"{_shard_name(k)}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # a half-written shard of a killed run
     tmp.mkdir()
@@ -160,7 +207,7 @@ def _write_shard(out: Path, k: int, products, catalog, extractor, report, bar) -
         chunk, images = [], []
         for product in products[start:start + batch]:
             try:
-                images.append(catalog.load_image(product))
+                images.append(catalog.load_image(product, min_side=min_side))
                 chunk.append(product.id)
             except (ImageLoadError, IndexError) as err:
                 skipped.append({"id": product.id, "error": str(err)})
@@ -172,7 +219,14 @@ def _write_shard(out: Path, k: int, products, catalog, extractor, report, bar) -
     for name, array in arrays.items():
         np.save(tmp / f"{name}.npy", array)
     (tmp / "ids.json").write_text(json.dumps({"ids": kept, "skipped": skipped}, indent=1))
-    os.replace(tmp, out / _shard_name(k))
+    final = out / _shard_name(k)
+    if final.is_dir():  # re-extracted: move the old shard aside, then drop it
+        old = out / f"{_shard_name(k)}.old"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
     report.products_written += len(kept)
     report.images_skipped += skipped
     report.saliency_fallbacks += int(sum(f.saliency_fallback for f in feats))

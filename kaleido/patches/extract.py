@@ -25,7 +25,9 @@ from torchvision.ops import roi_align
 from torchvision.transforms.functional import pil_to_tensor, rgb_to_grayscale
 
 from saliency.detector import SaliencyConfig, create_detector
+from saliency.u2net import INPUT_SIZE
 
+from ..data.images import original_size
 from .backbone import Backbone, BackboneConfig, create_backbone
 from .geometry import KALEIDO_GRIDS, integer_boxes, level_slices, patch_boxes, patch_positions
 
@@ -81,8 +83,9 @@ class PatchFeatures:
     Attributes:
         features: (P, D) float32 patch features, level by level, row-major.
         positions: (P, 5) float32 ``[x1, x2, y1, y2, w*h]`` normalised to the image.
-        box: (4,) float32 the box the grids were cut from (x0, y0, x1, y1) in pixels.
-        image_size: (2,) int32 (width, height) of the image.
+        box: (4,) float32 the box the grids were cut from (x0, y0, x1, y1) in pixels of the
+            image file (also when it was decoded smaller, see :func:`decode_side`).
+        image_size: (2,) int32 (width, height) of the image file.
         saliency_fallback: the saliency mask was empty, the box is the whole image.
         rotated: (3, D) features of the rotate-grid patch rotated by 90/180/270 degrees
             counter-clockwise, or None.
@@ -96,6 +99,17 @@ class PatchFeatures:
     saliency_fallback: bool = False
     rotated: np.ndarray | None = None
     grey: np.ndarray | None = None
+
+
+def decode_side(cfg: PatchConfig) -> int:
+    """How small a big image may be decoded for this layout (``min_side`` of
+    :func:`~kaleido.data.images.decode_image`): twice the largest side a step resizes to,
+    the shared-mode box input, a crop-mode patch of the finest grid, the saliency input."""
+    bb = cfg.backbone
+    need = bb.shared_input_size if cfg.mode == "shared" else bb.input_size * max(cfg.grids)
+    if cfg.use_saliency:
+        need = max(need, cfg.saliency.input_size or INPUT_SIZE)
+    return 2 * need
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -165,11 +179,11 @@ class PatchExtractor:
                 views += [torch.rot90(crop, k, dims=(1, 2)) for k in (1, 2, 3)]
                 views.append(rgb_to_grayscale(crop, num_output_channels=3))
             cells = patch_boxes(box, cfg.grids)
-            metas.append((image.size, box, fell_back, cells))
+            metas.append((image, box, fell_back, cells))
         maps = self._forward_maps(torch.stack(views))  # (V, C, h, w)
         per_image = 5 if cfg.extras else 1
         out = []
-        for i, (image_size, box, fell_back, cells) in enumerate(metas):
+        for i, (image, box, fell_back, cells) in enumerate(metas):
             x0, y0, x1, y1 = box
             # patch boxes in the S x S coordinates of the resized box
             scale = torch.tensor([size / (x1 - x0), size / (y1 - y0)] * 2)
@@ -181,7 +195,7 @@ class PatchExtractor:
                 whole = local[self.slices[cfg.rotate_grid]].float()
                 rotated = torch.cat([self._roi_pool(maps[base + k], whole) for k in (1, 2, 3)])
                 grey = self._roi_pool(maps[base + 4], local[self.slices[cfg.grey_grid]].float())
-            out.append(self._pack(feats, cells, image_size, box, fell_back, rotated, grey))
+            out.append(self._pack(feats, cells, image, box, fell_back, rotated, grey))
         return out
 
     def _roi_pool(self, fmap: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -223,12 +237,15 @@ class PatchExtractor:
         n = len(crops)
         rotated = feats[n:n + 3] if cfg.extras else None
         grey = feats[n + 3:] if cfg.extras else None
-        return self._pack(feats[:n], cells, image.size, box, fell_back, rotated, grey)
+        return self._pack(feats[:n], cells, image, box, fell_back, rotated, grey)
 
     @staticmethod
-    def _pack(feats, cells, image_size, box, fell_back, rotated, grey) -> PatchFeatures:
+    def _pack(feats, cells, image, box, fell_back, rotated, grey) -> PatchFeatures:
         as_np = lambda t: None if t is None else t.cpu().numpy().astype(np.float32)  # noqa: E731
+        # an image decoded smaller keeps its file's size and box: positions are normalised anyway
+        (w0, h0), (w, h) = original_size(image), image.size
+        scale = np.asarray([w0 / w, h0 / h] * 2, dtype=np.float32)
         return PatchFeatures(
-            features=as_np(feats), positions=patch_positions(cells, image_size),
-            box=np.asarray(box, dtype=np.float32), image_size=np.asarray(image_size, dtype=np.int32),
+            features=as_np(feats), positions=patch_positions(cells, image.size),
+            box=np.asarray(box, dtype=np.float32) * scale, image_size=np.asarray((w0, h0), dtype=np.int32),
             saliency_fallback=fell_back, rotated=as_np(rotated), grey=as_np(grey))

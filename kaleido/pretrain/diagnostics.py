@@ -28,5 +28,5 @@ def loss_gradient_norms(task: PretrainTask, batch: dict) -> dict[str, dict[str, 
         grads = torch.autograd.grad(loss, shared, retain_graph=k < len(names) - 1, allow_unused=True)
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) + 0.0)
         w = task.loss_weights[name]
-        result[name] = {"loss": float(loss), "grad_norm": float(norm), "weighted_grad_norm": float(w * norm)}
+        result[name] = {"loss": float(loss.detach()), "grad_norm": float(norm), "weighted_grad_norm": float(w * norm)}
     return result

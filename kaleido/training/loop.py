@@ -69,21 +69,38 @@ def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -
     return obj
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(module: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
     """AdamW groups: decay on parameters of 2+ dims, none on 1-D ones (biases, norms).
+
+    A task may define ``lr_scales() -> {parameter name prefix: factor}`` (e.g. a pre-trained
+    text tower at a fifth of the rate of a fresh image tower): the parameters under a prefix
+    then get their own groups at ``lr x factor`` (the schedule scales every group alike).
 
     Args:
         module: the task; frozen parameters (``requires_grad=False``) are left out.
-        weight_decay: decay of the first group.
+        weight_decay: decay of the matrices' groups.
+        lr: the base learning rate (needed only when the task has ``lr_scales``).
 
     Returns:
-        ``[{"params": [...], "weight_decay": wd}, {"params": [...], "weight_decay": 0.0}]``.
+        ``[{"params": [...], "weight_decay": wd}, {"params": [...], "weight_decay": 0.0}]``,
+        then the same pair per scaled prefix (with its ``lr``).
     """
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError(f"{type(module).__name__} has no trainable parameter")
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    scales = module.lr_scales() if hasattr(module, "lr_scales") else {}
+    if scales and lr is None:
+        raise ValueError("param_groups needs lr when the task has lr_scales")
+    buckets: dict[float, list] = {}
+    for name, p in named:
+        factor = next((f for prefix, f in scales.items() if name.startswith(prefix)), 1.0)
+        buckets.setdefault(float(factor), []).append(p)
+    groups = []
+    for factor, params in sorted(buckets.items(), key=lambda kv: kv[0] != 1.0):
+        extra = {} if factor == 1.0 else {"lr": lr * factor}
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay, **extra},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, **extra}]
+    return groups
 
 
 def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
@@ -240,7 +257,7 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 task, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters)
-        optimizer = torch.optim.AdamW(param_groups(task, cfg.weight_decay), lr=cfg.lr,
+        optimizer = torch.optim.AdamW(param_groups(task, cfg.weight_decay, cfg.lr), lr=cfg.lr,
                                       betas=tuple(cfg.betas))
         scheduler = build_scheduler(optimizer, total,
                                     resolve_warmup(total, cfg.warmup_steps, cfg.warmup_ratio),
