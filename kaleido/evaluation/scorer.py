@@ -16,8 +16,11 @@ log-odds of ``RetrievalTask.score`` (to float rounding) for less work:
   with int8 dynamic quantisation (weights per output channel, activations per batch); the
   caller's model is left as it was.
 
-``benchmarks/score_pairs.py`` times it against the previous scorer, which ran
-``RetrievalTask.score`` on every pair in the order of the pair keys.
+A task whose ``score`` is not ``RetrievalTask``'s own over a ``KaleidoBertModel`` (a
+subclass that overrides it, a stand-in in tests) is scored the generic way: batches from
+``pairs.batch`` through ``task.score``, still in order of title length where ``pairs`` has
+tokenised titles. ``benchmarks/score_pairs.py`` times the scorer against the previous one,
+which ran ``RetrievalTask.score`` on every pair in the order of the pair keys.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from tqdm.auto import tqdm
 
 from kaleido.finetune.pairs import PairInputs
 from kaleido.finetune.retrieval import RetrievalTask
-from kaleido.model.modeling import KaleidoBertOutput, masked_mean
+from kaleido.model.modeling import KaleidoBertModel, KaleidoBertOutput, masked_mean
 
 CPU_BATCH_SIZE = 64
 GPU_BATCH_SIZE = 128  # the previous default (not re-measured on a GPU)
@@ -67,7 +70,9 @@ class PairScorer:
         self.batch_size = batch_size or (CPU_BATCH_SIZE if self.device.type == "cpu" else GPU_BATCH_SIZE)
         self.quantize, self.sort_by_length = quantize, sort_by_length
         self.n = len(pairs)
-        self._lengths = np.array([len(ids) for ids in pairs.text_ids])
+        self._fast = has_fast_path(task)
+        texts = getattr(pairs, "text_ids", None)
+        self._lengths = None if texts is None else np.array([len(ids) for ids in texts])
         self._int8: RetrievalTask | None = None
         self._keys = np.zeros(0, dtype=np.int64)
         self._scores = np.zeros(0, dtype=np.float32)
@@ -82,15 +87,9 @@ class PairScorer:
         todo = np.setdiff1d(keys, self._keys, assume_unique=True)   # sorted: image-major
         if not len(todo):
             return
-        out = np.empty(len(todo), dtype=np.float32)
         task = self._scoring_task()
-        image_of = todo // self.n
-        blocks = np.unique(image_of)
         with torch.inference_mode(), tqdm(total=len(todo), desc=desc, unit="pair") as bar:
-            for b in range(0, len(blocks), IMAGE_BLOCK):
-                block = blocks[b:b + IMAGE_BLOCK]
-                lo, hi = np.searchsorted(image_of, [block[0], block[-1] + 1])
-                out[lo:hi] = self._score_block(task, block, todo[lo:hi], bar)
+            out = self._score_fast(task, todo, bar) if self._fast else self._score_generic(task, todo, bar)
         keys = np.concatenate([self._keys, todo])
         order = np.argsort(keys)
         self._keys, self._scores = keys[order], np.concatenate([self._scores, out])[order]
@@ -111,6 +110,23 @@ class PairScorer:
             self._int8 = quantize_int8(self.task)
         return self._int8
 
+    def _order(self, keys: np.ndarray) -> np.ndarray:
+        """The order to score the pairs ``keys`` in: by title length (stable), or as they come."""
+        if self.sort_by_length and self._lengths is not None:
+            return np.argsort(self._lengths[keys % self.n], kind="stable")
+        return np.arange(len(keys))
+
+    def _score_generic(self, task, keys: np.ndarray, bar) -> np.ndarray:
+        """Scores of the pairs ``keys`` by ``task.score`` on ``pairs.batch`` batches."""
+        order, out = self._order(keys), np.empty(len(keys), dtype=np.float32)
+        for start in range(0, len(keys), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            batch = self.pairs.batch(keys[chunk] // self.n, keys[chunk] % self.n)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out[chunk] = task.score(batch).float().cpu().numpy()
+            bar.update(len(chunk))
+        return out
+
     def _patch_embeds(self, images: np.ndarray) -> torch.Tensor:
         """(I, P, H) patch embeddings of image products ``images``, by the fp32 model."""
         out = []
@@ -121,13 +137,22 @@ class PairScorer:
             out.append(self.task.model.patch_embeddings(features.to(self.device), positions.to(self.device)))
         return torch.cat(out)
 
+    def _score_fast(self, task: RetrievalTask, keys: np.ndarray, bar) -> np.ndarray:
+        """Scores of the pairs ``keys`` (sorted: image-major), a block of image products at a time."""
+        out = np.empty(len(keys), dtype=np.float32)
+        image_of = keys // self.n
+        images = np.unique(image_of)
+        for b in range(0, len(images), IMAGE_BLOCK):
+            block = images[b:b + IMAGE_BLOCK]
+            lo, hi = np.searchsorted(image_of, [block[0], block[-1] + 1])
+            out[lo:hi] = self._score_block(task, block, keys[lo:hi], bar)
+        return out
+
     def _score_block(self, task: RetrievalTask, block: np.ndarray, keys: np.ndarray, bar) -> np.ndarray:
         """Scores of the pairs ``keys`` (sorted), whose image products are all in ``block``."""
         embeds = self._patch_embeds(block)                              # (I, P, H)
         rows = torch.from_numpy(np.searchsorted(block, keys // self.n))  # pair -> row of embeds
-        texts = keys % self.n
-        order = (np.argsort(self._lengths[texts], kind="stable") if self.sort_by_length
-                 else np.arange(len(keys)))
+        texts, order = keys % self.n, self._order(keys)
         out = np.empty(len(keys), dtype=np.float32)
         for start in range(0, len(keys), self.batch_size):
             chunk = order[start:start + self.batch_size]
@@ -137,6 +162,13 @@ class PairScorer:
             out[chunk] = scores.float().cpu().numpy()
             bar.update(len(chunk))
         return out
+
+
+def has_fast_path(task) -> bool:
+    """Whether ``task`` scores pairs by ``RetrievalTask``'s own ITM log-odds over a
+    ``KaleidoBertModel``, which :func:`match_logodds` reproduces."""
+    return (isinstance(task, RetrievalTask) and type(task).score is RetrievalTask.score
+            and isinstance(task.model, KaleidoBertModel))
 
 
 def quantize_int8(task: RetrievalTask) -> RetrievalTask:
