@@ -17,7 +17,7 @@ from kaleido.config import load_config, save_config
 
 log = logging.getLogger(__name__)
 
-#: The pre-training task switches of the paper's Table 4 (B = ITM + AMLM).
+#: The pre-training task switches of the paper's Table 4 (B = ITM + AMLM, with ITC when the preset has it).
 TASK_ROWS = {
     "B": ["tasks.rr=0", "tasks.jps=0", "tasks.cp=0", "tasks.g2cm=0", "tasks.b2cm=0"],
     "B+I": ["tasks.jps=0", "tasks.cp=0", "tasks.g2cm=0", "tasks.b2cm=0"],
