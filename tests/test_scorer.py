@@ -143,3 +143,21 @@ def test_a_task_with_its_own_score_is_scored_by_it(pairs):
     images, texts = np.array([0, 1, 2, 3]), np.array([3, 1, 0, 2])
     np.testing.assert_allclose(PairScorer(shifted, pairs, batch_size=3).score(images, texts),
                                _direct(task, pairs, images, texts) + 10.0, atol=1e-5, rtol=0)
+
+
+def test_transient_scores_equal_the_kept_ones_and_are_not_kept(pretrain_data):
+    from kaleido.evaluation.scorer import PairScorer
+    from kaleido.finetune import PairInputs, RetrievalConfig
+    from kaleido.finetune.retrieval import RetrievalTask
+    from kaleido.model import KaleidoProcessor, create_model
+    from kaleido.patches.cache import FeatureCache
+
+    pairs = PairInputs(list(pretrain_data["catalog"]), FeatureCache(pretrain_data["cache"]),
+                       KaleidoProcessor.default(max_text_len=32))
+    torch.manual_seed(0)
+    scorer = PairScorer(RetrievalTask(create_model("tiny"), RetrievalConfig()), pairs)
+    images, texts = np.repeat(np.arange(6), 6), np.tile(np.arange(6), 6)
+    scorer.prepare(images[:10], texts[:10])                 # some pairs are known, most are not
+    transient = scorer.score_transient(images, texts)
+    assert scorer.scored == 10
+    assert np.allclose(transient, scorer.score(images, texts), atol=1e-6)

@@ -55,6 +55,11 @@ def cmd_eval(args) -> int:
               f"negatives {itm['negative_accuracy']:.3f})")
     if {"category", "subcategory", "caption"} & set(result):
         print("\nTable 3 (category, subcategory, captioning)\n" + format_table3({name: table3_row(result)}))
+        for target in ("category", "subcategory"):
+            unseen = result.get(target, {}).get("unseen", 0)
+            if unseen:
+                print(f"{unseen} test products have a {target} the classifier never saw in training "
+                      "(counted as errors)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"name": name, "checkpoint": str(args.checkpoint), "split": args.split,

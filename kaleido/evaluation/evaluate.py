@@ -65,7 +65,7 @@ def retrieval_task(path: str | Path) -> RetrievalTask:
     return task.eval()
 
 
-def retrieval_figures(score, products, draws, full_catalog: int) -> dict:
+def retrieval_figures(score, products, draws, full_catalog: int, full_score=None) -> dict:
     """KB-101 summary over ``draws`` and full-catalog ranks of one scoring function.
 
     Args:
@@ -73,7 +73,11 @@ def retrieval_figures(score, products, draws, full_catalog: int) -> dict:
         products: the products the indices refer to (titles decide same-title hits).
         draws: the KB-101 draws (same-title products already excluded from the negatives).
         full_catalog: rank the first N products against each other (0 = skip).
+        full_score: the scoring function of the full-catalog row chunks (default ``score``),
+            e.g. one that does not keep what it scored; the same-title pairs, scored first by
+            ``score`` and kept, must come back from it unchanged.
     """
+    full_score = full_score or score
     itr, tir = [], []
     for d in draws:
         q = np.repeat(d.queries[:, None], d.candidates.shape[1], 1)
@@ -86,7 +90,7 @@ def retrieval_figures(score, products, draws, full_catalog: int) -> dict:
 
         def score_rows(start: int, stop: int) -> np.ndarray:
             images, texts = np.repeat(idx[start:stop], n), np.tile(idx, stop - start)
-            return score(images, texts).reshape(stop - start, n)  # (rows, n)
+            return full_score(images, texts).reshape(stop - start, n)  # (rows, n)
 
         # score_pairs gives the targets from the same-title pairs first: each row scored once
         ranks = full_catalog_ranks_chunked(score_rows, n, groups=title_codes([p.title for p in products[:n]]),
@@ -122,7 +126,8 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig) 
         needed_i += [q.ravel(), d.candidates.ravel()]   # ITR: image q with text c; TIR: image c with text q
         needed_t += [d.candidates.ravel(), q.ravel()]
     scorer.prepare(np.concatenate(needed_i), np.concatenate(needed_t), desc="KB-101 pairs")
-    result = retrieval_figures(scorer.score, products, draws, cfg.full_catalog)
+    # KB-101 pairs are kept (the fused ranking reuses them); full-catalog chunks are not
+    result = retrieval_figures(scorer.score, products, draws, cfg.full_catalog, scorer.score_transient)
     result["sampling"] = describe(draws)
     result["filled_from_category"] = int(sum(d.filled_from_category for d in draws))
     result["filled_from_any"] = int(sum(d.filled_from_any for d in draws))
@@ -135,7 +140,8 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig) 
         w = cfg.prior_weight
         result["prior"] = retrieval_figures(prior.score, products, draws, cfg.full_catalog)
         result["fused"] = retrieval_figures(lambda i, t: scorer.score(i, t) + w * prior.score(i, t),
-                                            products, draws, cfg.full_catalog)
+                                            products, draws, cfg.full_catalog,
+                                            lambda i, t: scorer.score_transient(i, t) + w * prior.score(i, t))
         result["fused"]["prior_weight"] = w
     result["pairs_scored"] = scorer.scored
     return result

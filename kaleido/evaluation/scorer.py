@@ -101,6 +101,25 @@ class PairScorer:
         keys = images.astype(np.int64) * self.n + texts.astype(np.int64)
         return self._scores[np.searchsorted(self._keys, keys)]
 
+    def score_transient(self, images: np.ndarray, texts: np.ndarray, desc: str = "scoring") -> np.ndarray:
+        """Scores of the pairs ``(images[k], texts[k])`` without keeping them: pairs already
+        scored are looked up, new ones are scored and then forgotten. Memory stays that of
+        one call (the full-catalog ranks call it chunk by chunk: never N x N kept)."""
+        images, texts = np.asarray(images), np.asarray(texts)
+        keys = images.astype(np.int64) * self.n + texts.astype(np.int64)
+        unique, inverse = np.unique(keys.ravel(), return_inverse=True)
+        out = np.empty(len(unique), dtype=np.float32)
+        pos = np.minimum(np.searchsorted(self._keys, unique), max(len(self._keys) - 1, 0))
+        known = (self._keys[pos] == unique) if len(self._keys) else np.zeros(len(unique), dtype=bool)
+        out[known] = self._scores[pos[known]]
+        todo = unique[~known]
+        if len(todo):
+            task = self._scoring_task()
+            with torch.inference_mode(), tqdm(total=len(todo), desc=desc, unit="pair") as bar:
+                out[~known] = (self._score_fast(task, todo, bar) if self._fast
+                               else self._score_generic(task, todo, bar))
+        return out[inverse.reshape(-1)].reshape(keys.shape)
+
     # ------------------------------------------------------------------ internals
     def _scoring_task(self) -> RetrievalTask:
         self.task.eval().to(self.device)
