@@ -17,7 +17,7 @@ from kaleido.contrastive import title_codes
 from kaleido.dual.augment import image_view
 from kaleido.dual.config import AugmentConfig, DualLossConfig
 from kaleido.dual.processor import DualProcessor
-from kaleido.patches.cache import FeatureCache
+from kaleido.patches.cache import FeatureCache, cached_products
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,8 @@ class DualDataset(Dataset):
 
     def __init__(self, products: Sequence, cache: FeatureCache, processor: DualProcessor,
                  augment: AugmentConfig = AugmentConfig(), image_views: int = 2, seed: int = 0):
-        self.products = [p for p in products if p.id in cache]
+        self.products = cached_products(products, cache, processor.grids)
         self.dropped = len(products) - len(self.products)
-        if self.dropped:
-            log.warning("%d of %d products have no cached patch features and are left out",
-                        self.dropped, len(products))
-        if not self.products:
-            raise ValueError(f"none of the {len(products)} products is in the feature cache {cache.root}")
-        if list(cache.meta["grids"]) != list(processor.grids):
-            raise ValueError(f"cache {cache.root} has grids {cache.meta['grids']}; the processor expects "
-                             f"{processor.grids}")
         self.cache, self.processor, self.augment = cache, processor, augment
         self.image_views, self.seed, self.epoch = image_views, seed, 0
         titles = [p.title for p in self.products]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from kaleido.dual.config import DEFAULT_ATTRIBUTE_TEMPLATE
+from kaleido.model.processor import pad_ids
 
 PROCESSOR_NAME = "dual_processor.json"
 TOKENIZER_DIR = "tokenizer"
@@ -83,13 +84,8 @@ class DualProcessor:
 
     def pad(self, ids: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         """Right-pad id arrays into ``input_ids`` and ``attention_mask`` (B, T)."""
-        t = max(len(x) for x in ids)
-        out = np.full((len(ids), t), self.tokenizer.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(ids), t), dtype=np.int64)
-        for i, x in enumerate(ids):
-            out[i, :len(x)] = x
-            mask[i, :len(x)] = 1
-        return {"input_ids": torch.from_numpy(out), "attention_mask": torch.from_numpy(mask)}
+        out, mask = pad_ids(ids, self.tokenizer.pad_token_id)
+        return {"input_ids": out, "attention_mask": mask}
 
     def texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Texts -> padded ``input_ids`` / ``attention_mask``."""

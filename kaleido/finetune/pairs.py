@@ -14,7 +14,7 @@ import torch
 
 from kaleido.data.catalog import Product
 from kaleido.model.processor import KaleidoProcessor
-from kaleido.patches.cache import FeatureCache
+from kaleido.patches.cache import FeatureCache, cached_products
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,8 @@ class PairInputs:
     """
 
     def __init__(self, products: Sequence[Product], cache: FeatureCache, processor: KaleidoProcessor):
-        self.products = [p for p in products if p.id in cache]
+        self.products = cached_products(products, cache, processor.grids)
         self.dropped = len(products) - len(self.products)
-        if self.dropped:
-            log.warning("%d of %d products have no cached patch features and are left out",
-                        self.dropped, len(products))
-        if not self.products:
-            raise ValueError(f"none of the {len(products)} products is in the feature cache {cache.root}")
-        if list(cache.meta["grids"]) != list(processor.grids):
-            raise ValueError(f"cache {cache.root} has grids {cache.meta['grids']}; the model expects "
-                             f"{processor.grids}")
         self.cache, self.processor = cache, processor
         self.text_ids = [processor.encode_text(p.text)[0] for p in self.products]
 

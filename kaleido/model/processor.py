@@ -15,6 +15,17 @@ PROCESSOR_NAME = "processor_config.json"
 TOKENIZER_DIR = "tokenizer"
 
 
+def pad_ids(rows: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id arrays: ``(ids, attention_mask)``, both (B, T) int64, T the longest row."""
+    t = max(len(r) for r in rows)
+    ids = np.full((len(rows), t), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), t), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
 class KaleidoProcessor:
     """Tokeniser (``[CLS] text [SEP]``, at most ``max_text_len`` tokens) plus patch inputs.
 
@@ -47,13 +58,8 @@ class KaleidoProcessor:
 
     def pad_text(self, ids: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         """Right-pad token id arrays into ``input_ids`` and ``attention_mask`` (B, T)."""
-        t = max(len(x) for x in ids)
-        out = np.full((len(ids), t), self.tokenizer.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(ids), t), dtype=np.int64)
-        for i, x in enumerate(ids):
-            out[i, :len(x)] = x
-            mask[i, :len(x)] = 1
-        return {"input_ids": torch.from_numpy(out), "attention_mask": torch.from_numpy(mask)}
+        out, mask = pad_ids(ids, self.tokenizer.pad_token_id)
+        return {"input_ids": out, "attention_mask": mask}
 
     def patches(self, features: Sequence) -> dict[str, torch.Tensor]:
         """Cached :class:`~kaleido.patches.PatchFeatures` -> ``patch_features`` (B, P, D), ``patch_positions`` (B, P, 5)."""

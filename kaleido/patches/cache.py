@@ -315,3 +315,20 @@ class FeatureCache:
 def config_dict(cfg) -> dict:
     """A JSON-comparable dict of a config dataclass (for meta.json)."""
     return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def cached_products(products, cache: "FeatureCache", grids) -> list:
+    """The products that ``cache`` holds, in order; the others are counted in a warning.
+
+    Raises:
+        ValueError: none of them is cached, or the cache was made on other grids than ``grids``.
+    """
+    kept = [p for p in products if p.id in cache]
+    if len(kept) < len(products):
+        log.warning("%d of %d products have no cached patch features and are left out",
+                    len(products) - len(kept), len(products))
+    if not kept:
+        raise ValueError(f"none of the {len(products)} products is in the feature cache {cache.root}")
+    if list(cache.meta["grids"]) != list(grids):
+        raise ValueError(f"cache {cache.root} has grids {cache.meta['grids']}; the model expects {list(grids)}")
+    return kept

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from kaleido.alignment.generator import AlignedPair
 from kaleido.contrastive import title_codes
 from kaleido.data.catalog import Product
-from kaleido.model.processor import KaleidoProcessor
+from kaleido.model.processor import KaleidoProcessor, pad_ids
 from kaleido.patches.cache import FeatureCache
 from kaleido.patches.geometry import level_slices
 from kaleido.pretrain.config import TaskConfig
@@ -147,23 +147,13 @@ class PretrainDataset(Dataset):
         return sample
 
 
-def _pad(rows: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    t = max(len(r) for r in rows)
-    ids = np.full((len(rows), t), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), t), dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = r
-        mask[i, :len(r)] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
-
-
 def collate_pretrain(samples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Stack samples into a batch; texts are right-padded (labels with -100)."""
     t = max(len(s["input_ids"]) for s in samples)
     batch: dict[str, torch.Tensor] = {}
-    batch["input_ids"], batch["attention_mask"] = _pad([s["input_ids"] for s in samples], pad_id)
+    batch["input_ids"], batch["attention_mask"] = pad_ids([s["input_ids"] for s in samples], pad_id)
     if "clean_input_ids" in samples[0]:
-        batch["clean_input_ids"], batch["clean_attention_mask"] = _pad([s["clean_input_ids"] for s in samples],
+        batch["clean_input_ids"], batch["clean_attention_mask"] = pad_ids([s["clean_input_ids"] for s in samples],
                                                                        pad_id)
     if "mlm_labels" in samples[0]:
         labels = np.full((len(samples), t), -100, dtype=np.int64)
