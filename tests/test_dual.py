@@ -211,6 +211,26 @@ def test_text_lr_scale_moves_the_text_tower_that_much_less(pretrain_data, cache)
     assert ((ratio - 0.25).abs() < 0.025).float().mean() > 0.9  # (AdamW's eps bends the tiniest gradients)
 
 
+def test_a_frozen_text_body_is_computed_once_and_gives_the_same_loss(pretrain_data, cache):
+    torch.manual_seed(0)
+    task = build_dual_task(fit_to_cache(_tiny("model.text.freeze=true"), cache)).train()
+    assert not task.model.text.training                     # frozen: no dropout, so cached states hold
+    products, clean = list(pretrain_data["catalog"])[:6], AugmentConfig(enabled=False)
+    plain = DualDataset(products, cache, task.processor, clean, 2, seed=0)
+    cached = DualDataset(products, cache, task.processor, clean, 2, seed=0)
+    cached.cache_text_states(task)
+    collate = DualCollator(task.processor, task.cfg)
+    by_ids, by_states = collate([plain[i] for i in range(6)]), collate([cached[i] for i in range(6)])
+    assert "title_states" in by_states and "title_input_ids" not in by_states
+    task.eval()  # the image tower's dropout off: both batches see the same model
+    assert task(by_states)["loss"].item() == pytest.approx(task(by_ids)["loss"].item(), rel=1e-5)
+    task(by_states)["loss"].backward()
+    assert all(p.grad is None for p in task.model.text.parameters())
+    assert task.model.text_proj.weight.grad is not None
+    with pytest.raises(ValueError, match="frozen"):
+        build_dual_task(fit_to_cache(_tiny(), cache)).text_states(plain.title_ids)
+
+
 def test_save_and_load_give_identical_embeddings(pretrain_data, cache, tmp_path):
     torch.manual_seed(0)
     task = build_dual_task(fit_to_cache(_tiny(), cache))

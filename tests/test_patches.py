@@ -6,7 +6,7 @@ from PIL import Image
 
 from kaleido.data import load_catalog
 from kaleido.patches.backbone import BackboneConfig
-from kaleido.patches.cache import CacheError, FeatureCache, build_cache
+from kaleido.patches.cache import CacheError, FeatureCache, build_cache, config_dict, write_union
 from kaleido.patches.extract import PatchConfig, PatchExtractor
 from kaleido.patches.geometry import (level_slices, num_patches, patch_boxes, patch_levels,
                                       patch_positions)
@@ -145,3 +145,27 @@ def test_cache_shards_split_between_ranks(extractors, small_catalog_dir, tmp_pat
                         world_size=2, progress=False)
         assert r.shards_written == (2 if rank == 0 else 1)
     assert len(FeatureCache(tmp_path)) == 12
+
+
+def test_a_union_reads_caches_extracted_in_two_runs(extractors, small_catalog_dir, tmp_path):
+    catalog = load_catalog(small_catalog_dir)
+    ex = extractors["shared"]
+    first, second = catalog.subset(p.id for p in catalog.products[:5]), catalog.subset(p.id for p in catalog.products[5:])
+    shared = config_dict(_config("shared"))
+    build_cache(first, ex, tmp_path / "a", shard_size=4, progress=False, config=shared)
+    build_cache(second, ex, tmp_path / "b", shard_size=4, progress=False, config=shared)
+    build_cache(catalog, ex, tmp_path / "whole", shard_size=4, progress=False)
+
+    union = write_union(tmp_path / "union", [tmp_path / "a", tmp_path / "b"])
+    assert len(union) == 12 and union.complete and union.feature_dim == 1280
+    assert FeatureCache(tmp_path / "union").ids == [p.id for p in catalog]  # read back from disk
+    for product in (catalog.products[0], catalog.products[11]):
+        np.testing.assert_allclose(union[product.id].features,  # batches differ: float16 round-off
+                                   FeatureCache(tmp_path / "whole")[product.id].features, rtol=2e-3, atol=2e-3)
+
+    build_cache(first, extractors["crop"], tmp_path / "crop", shard_size=4, progress=False,
+                config=config_dict(_config("crop")))
+    with pytest.raises(CacheError, match="another config"):
+        write_union(tmp_path / "mixed", [tmp_path / "a", tmp_path / "crop"])
+    with pytest.raises(CacheError, match="extracted cache"):
+        write_union(tmp_path / "a", [tmp_path / "b"])

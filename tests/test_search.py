@@ -272,3 +272,28 @@ def test_cli_trains_builds_and_searches(pretrain_data, tmp_path, capsys):
     assert d["catalog"].products[0].id not in [r["product_id"] for r in out["results"]]
     assert main(["search", "--index", str(index)]) == 2         # no query: an error message, no traceback
     assert main(["search", "x", "--index", str(index), "--filter", "nokey"]) == 2
+
+
+def test_eval_reports_the_dual_encoder_and_the_two_stage_system(dual_dir, reranker_dir, products, cache):
+    from kaleido.evaluation.evaluate import EvalConfig, evaluate_retrieval, retrieval_task
+    from kaleido.evaluation.kb101 import KB101Config
+    from kaleido.finetune.pairs import PairInputs
+    from kaleido.finetune.run import load_processor
+
+    pairs = PairInputs(products, cache, load_processor(reranker_dir, 64, cache.meta["grids"]))
+    task = retrieval_task(reranker_dir)
+    kb = KB101Config(queries=10, negatives=8, draws=2)
+    n = len(pairs)
+
+    def run(k):
+        return evaluate_retrieval(task, pairs, EvalConfig(kb101=kb, full_catalog=n, dual=str(dual_dir), rerank_k=k),
+                                  cache)
+
+    every, one = run(n), run(1)
+    # re-ranking every candidate is the single-stream model's own answer
+    assert every["two_stage"]["SumR"] == pytest.approx(every["SumR"])
+    assert every["two_stage"]["full_catalog"]["TIR"] == every["full_catalog"]["TIR"]
+    # re-ranking one candidate keeps the dual encoder's top answer
+    assert one["two_stage"]["ITR"]["R@1"] == pytest.approx(one["dual"]["ITR"]["R@1"])
+    assert one["two_stage"]["full_catalog"]["ITR"]["R@1"] == one["dual"]["full_catalog"]["ITR"]["R@1"]
+    assert every["dual"]["SumR"] == pytest.approx(one["dual"]["SumR"])  # same draws, same dual scores

@@ -45,6 +45,9 @@ def cmd_eval(args) -> int:
         if "fused" in r:
             systems = {"linear reference (same draws)": r["prior"], name: r,
                        f"{name} ITM + {r['fused']['prior_weight']:g} x linear reference": r["fused"]}
+        if "dual" in r:
+            systems = {**systems, "dual encoder (same draws)": r["dual"],
+                       f"dual encoder top {r['two_stage']['rerank_k']} + {name} ITM": r["two_stage"]}
         print(f"\nTable 2 (KB-101 retrieval; {r['sampling']})\n" + format_table2(systems, with_std=True))
         if "full_catalog" in r:
             print(f"\nFull-catalog retrieval ({r['full_catalog']['products']} products; any same-title "

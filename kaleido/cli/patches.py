@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import load_config
 from ..data import Catalog, CatalogConfig, load_catalog, read_split, split_catalog
 from ..data.images import to_original
-from ..patches.cache import FeatureCache, build_cache, config_dict
+from ..patches.cache import FeatureCache, build_cache, config_dict, write_union
 from ..patches.extract import PatchConfig, PatchExtractor, decode_side
 from ..patches.visualize import draw_patch_grids
 from .common import add_catalog_args, catalog_overrides, exit_code, readable_images, weights_help
@@ -51,6 +51,11 @@ def register(sub) -> None:
     p.add_argument("--max-shards", type=int, default=None, help="stop after N shards")
     p.add_argument("overrides", nargs="*", help="e.g. patches.mode=crop shard_size=128")
     p.set_defaults(func=cmd_extract)
+
+    p = cmds.add_parser("union", help="one cache folder that reads several caches in place")
+    p.add_argument("parts", nargs="+", type=Path, help="cache folders (same patch settings)")
+    p.add_argument("--out", type=Path, required=True, help="the union folder (only a meta.json)")
+    p.set_defaults(func=cmd_union)
 
     p = cmds.add_parser("show", help="draw the saliency mask and patch grids over images")
     p.add_argument("images", nargs="+", type=Path)
@@ -113,6 +118,13 @@ def cmd_extract(args) -> int:
     if report.shards_written + report.shards_redone and not report.products_written:
         print("warning: the shards written this time hold no product (every image unreadable)",
               file=sys.stderr)
+    return 0
+
+
+def cmd_union(args) -> int:
+    cache = write_union(args.out, args.parts)
+    state = "" if cache.complete else " (a part is incomplete: finish its extract run)"
+    print(f"{args.out}: {len(cache):,} products from {len(args.parts)} caches{state}")
     return 0
 
 

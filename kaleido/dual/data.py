@@ -46,6 +46,13 @@ class DualDataset(Dataset):
         tags = [processor.attribute_text(p) or p.title for p in self.products]
         self.title_ids, self.attribute_ids = processor.encode(titles), processor.encode(tags)
         self.title_group, self.attribute_group = title_codes(titles), title_codes(tags)
+        self.title_states = self.attribute_states = None
+
+    def cache_text_states(self, task) -> None:
+        """Compute the frozen text body's pooled states of both text views once
+        (:meth:`DualTask.text_states`); items then carry them instead of running the body."""
+        self.title_states = task.text_states(self.title_ids).numpy()
+        self.attribute_states = task.text_states(self.attribute_ids).numpy()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -59,6 +66,8 @@ class DualDataset(Dataset):
         out = {"patch_positions": item.positions.astype(np.float32), "title_ids": self.title_ids[i],
                "attributes_ids": self.attribute_ids[i], "title_group": int(self.title_group[i]),
                "attributes_group": int(self.attribute_group[i])}
+        if self.title_states is not None:
+            out["title_states"], out["attributes_states"] = self.title_states[i], self.attribute_states[i]
         for v in "ab"[:self.image_views]:
             out[f"patch_features_{v}"], out[f"patch_mask_{v}"] = image_view(
                 item.features, self.processor.grids, self.augment, rng)
@@ -68,7 +77,8 @@ class DualDataset(Dataset):
 class DualCollator:
     """Stacks items into one batch: ``patch_features_a`` (B, P, D), ``patch_mask_a`` (B, P) (and
     ``_b``), ``patch_positions`` (B, P, 5), ``<view>_input_ids`` / ``<view>_attention_mask``
-    (B, T) and ``<view>_groups`` (B, K) for each text view.
+    (B, T) (or, for a frozen text body, its cached ``<view>_states`` (B, H)) and
+    ``<view>_groups`` (B, K) for each text view.
 
     Args:
         processor: pads the token ids.
@@ -86,8 +96,11 @@ class DualCollator:
                 batch[f"patch_mask_{v}"] = torch.from_numpy(np.stack([it[f"patch_mask_{v}"] for it in items]))
         title = torch.tensor([it["title_group"] for it in items])
         for view in self.loss.text_views:
-            ids = self.processor.pad([it[f"{view}_ids"] for it in items])
-            batch[f"{view}_input_ids"], batch[f"{view}_attention_mask"] = ids["input_ids"], ids["attention_mask"]
+            if f"{view}_states" in items[0]:
+                batch[f"{view}_states"] = torch.from_numpy(np.stack([it[f"{view}_states"] for it in items]))
+            else:
+                ids = self.processor.pad([it[f"{view}_ids"] for it in items])
+                batch[f"{view}_input_ids"], batch[f"{view}_attention_mask"] = ids["input_ids"], ids["attention_mask"]
             groups = [title]
             if view == "attributes" and self.loss.mask_same_attributes:
                 groups.append(torch.tensor([it["attributes_group"] for it in items]))

@@ -30,6 +30,39 @@ class DualEvalConfig:
     device: str = "auto"         # auto | cpu | cuda
 
 
+class DualScores:
+    """A trained dual encoder as a pair scorer over ``products``: ``score(images, texts)`` is its
+    cosine similarity for product-index arrays (the first stage of two-stage retrieval).
+
+    Args:
+        model_path: a ``kaleido dual train`` ``RUN/final`` folder.
+        products: the scored products, in the caller's order; each must be in ``cache``.
+        cache: their :class:`~kaleido.patches.cache.FeatureCache`.
+        batch_size: products / texts per forward pass.
+        device: where the encoder runs.
+    """
+
+    def __init__(self, model_path: str | Path, products: Sequence, cache, batch_size: int = 128,
+                 device: str = "auto"):
+        from kaleido.dual.encode import embed_products, embed_texts, load_dual
+
+        missing = [p.id for p in products if p.id not in cache]
+        if missing:
+            raise ValueError(f"{len(missing)} of {len(products)} products have no cached features "
+                             f"(e.g. {missing[:3]}); the dual encoder needs them")
+        model, processor = load_dual(model_path, device)
+        self.image = embed_products(model, processor, cache, [p.id for p in products], batch_size, progress=True)
+        self.text = embed_texts(model, processor, [p.title for p in products], batch_size * 2, progress=True)
+
+    def score(self, images, texts, block: int = 1 << 16) -> np.ndarray:
+        images, texts = np.asarray(images), np.asarray(texts)
+        i, t = images.ravel(), texts.ravel()
+        out = np.empty(len(i), dtype=np.float32)
+        for s in range(0, len(i), block):  # gathered rows: memory O(block x E)
+            out[s:s + block] = np.einsum("ij,ij->i", self.image[i[s:s + block]], self.text[t[s:s + block]])
+        return out.reshape(images.shape)
+
+
 def evaluate_dual(model_path: str | Path, products: Sequence, cache, cfg: DualEvalConfig = DualEvalConfig()) -> dict:
     """Evaluate a saved dual encoder on ``products``.
 

@@ -133,7 +133,12 @@ class DualEncoder(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids and mask -> (B, E) unit vectors."""
-        return F.normalize(self.text_proj(self.text(input_ids, attention_mask)).float(), dim=-1)
+        return self.project_text(self.text(input_ids, attention_mask))
+
+    def project_text(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, H) pooled text-body states -> (B, E) unit vectors (a frozen body's states can be
+        computed once: :meth:`DualTask.text_states`)."""
+        return F.normalize(self.text_proj(states).float(), dim=-1)
 
     def forward(self, input_ids=None, attention_mask=None, patch_features=None, patch_positions=None,
                 patch_mask=None) -> dict[str, torch.Tensor]:

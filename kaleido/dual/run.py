@@ -77,6 +77,11 @@ def train_dual(cfg: DualRunConfig, catalog: Catalog, cache: str | Path, out: str
         else:
             clean = dataclasses.replace(cfg.augment, enabled=False)
             val = DualDataset(held, features, processor, clean, cfg.loss.image_views, cfg.train.seed + 1)
+    if cfg.model.text.freeze:  # a frozen body's pooled states never change: computed once, not per step
+        for data in (train, val):
+            if data is not None:
+                data.cache_text_states(task)
+        log.info("text tower frozen: pooled states of %d texts computed once", 2 * (len(train) + len(val or [])))
     log.info("dual encoder: %s image tower, training on %d products%s", cfg.model.image.tower, len(train),
              f", validating on {len(val)}" if val else "")
     out.mkdir(parents=True, exist_ok=True)

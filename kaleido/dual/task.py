@@ -52,15 +52,40 @@ class DualTask(nn.Module):
         pos = batch["patch_positions"].repeat(n, 1, 1)                                   # (V*B, P, 5)
         images = self.model.encode_image(feats, pos, masks).split(b)
         names = list(self.cfg.text_views)
-        pad_id = self.processor.tokenizer.pad_token_id
-        ids = _pad_cat([batch[f"{t}_input_ids"] for t in names], pad_id)                 # (T*B, L)
-        mask = _pad_cat([batch[f"{t}_attention_mask"] for t in names], 0)
-        texts = self.model.encode_text(ids, mask).split(b)
+        if all(f"{t}_states" in batch for t in names):  # a frozen body's states, computed once
+            texts = self.model.project_text(torch.cat([batch[f"{t}_states"] for t in names])).split(b)
+        else:
+            pad_id = self.processor.tokenizer.pad_token_id
+            ids = _pad_cat([batch[f"{t}_input_ids"] for t in names], pad_id)             # (T*B, L)
+            mask = _pad_cat([batch[f"{t}_attention_mask"] for t in names], 0)
+            texts = self.model.encode_text(ids, mask).split(b)
         scale = self.model.scale()
         out = self.loss(list(images), list(texts), scale, [batch.get(f"{t}_groups") for t in names], names)
         loss = out["contrastive_loss"]
         out["contrastive_loss"] = loss.detach()
         return {"loss": loss, **out, "temperature": (1.0 / scale).detach()}
+
+    @torch.inference_mode()
+    def text_states(self, ids: list, batch_size: int = 256) -> torch.Tensor:
+        """(N, H) pooled states of the text body for token-id arrays (frozen body: eval mode,
+        no dropout, so they never change during training and are computed once)."""
+        if not self.model.config.text.freeze:
+            raise ValueError("text states are only fixed when the text body is frozen (model.text.freeze=true)")
+        body, out = self.model.text, []
+        was_training = body.training
+        body.eval()
+        device = next(body.parameters()).device
+        for start in range(0, len(ids), batch_size):
+            batch = self.processor.pad(ids[start:start + batch_size])
+            out.append(body(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu())
+        body.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, self.model.bert_config.hidden_size)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.model.config.text.freeze:
+            self.model.text.eval()  # a frozen body runs without dropout (its cached states stay valid)
+        return self
 
     def save_pretrained(self, path: str | Path) -> Path:
         """The dual encoder (plain weights) and its processor in one folder."""

@@ -47,6 +47,8 @@ class EvalConfig:
     device: str = "auto"         # auto | cpu | cuda
     prior: str = ""              # a `kaleido baseline linear-probe` run: also rank by it and by ITM + it
     prior_weight: float = 1.0    # fused score = ITM log-odds + prior_weight x the reference's logit
+    dual: str = ""               # a `kaleido dual train` RUN/final: also the dual encoder and the two-stage system
+    rerank_k: int = 10           # two-stage: candidates of the dual encoder re-ranked by ITM, per query
 
 
 def retrieval_task(path: str | Path) -> RetrievalTask:
@@ -100,7 +102,7 @@ def retrieval_figures(score, products, draws, full_catalog: int, full_score=None
     return result
 
 
-def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig) -> dict:
+def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig, cache=None) -> dict:
     """KB-101 (ITR and TIR, averaged over the draws) and full-catalog retrieval.
 
     A product with the query's title (``str.strip().lower()``) is never a KB-101 negative;
@@ -113,6 +115,11 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig) 
     With ``cfg.prior`` (a ``kaleido baseline linear-probe`` run), the same draws are also
     ranked by the linear reference alone (``result["prior"]``) and by the sum of the ITM
     log-odds and ``cfg.prior_weight`` x the reference's logit (``result["fused"]``).
+
+    With ``cfg.dual`` (a dual encoder; needs ``cache``), the same draws are ranked by the dual
+    encoder alone (``result["dual"]``) and by the two-stage system (``result["two_stage"]``:
+    the dual encoder's top ``cfg.rerank_k`` candidates of each query re-ranked by ITM, the
+    rest below them in the dual encoder's order; see :mod:`kaleido.evaluation.two_stage`).
     """
     device = resolve_device(cfg.device)
     scorer = PairScorer(task, pairs, cfg.score_batch_size, device, quantize=cfg.quantize,
@@ -143,8 +150,32 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig) 
                                             products, draws, cfg.full_catalog,
                                             lambda i, t: scorer.score_transient(i, t) + w * prior.score(i, t))
         result["fused"]["prior_weight"] = w
+    if cfg.dual:
+        result.update(_dual_systems(scorer, products, draws, cache, cfg))
     result["pairs_scored"] = scorer.scored
     return result
+
+
+def _dual_systems(scorer: PairScorer, products, draws, cache, cfg: EvalConfig) -> dict:
+    """The dual encoder and the two-stage system on the same draws and full-catalog products."""
+    from kaleido.dual.evaluate import DualScores
+    from kaleido.evaluation.two_stage import two_stage_full_catalog, two_stage_rows
+
+    if cache is None:
+        raise ValueError("dual= needs the products' feature cache")
+    dual = DualScores(cfg.dual, products, cache, device=cfg.device)
+    out = {"dual": retrieval_figures(dual.score, products, draws, cfg.full_catalog)}
+    k = cfg.rerank_k
+    two = retrieval_figures(lambda i, t: two_stage_rows(dual.score(i, t), scorer.score, i, t, k),
+                            products, draws, 0)
+    n = min(cfg.full_catalog, len(products))
+    if n >= 2:
+        full = two_stage_full_catalog(dual.image[:n], dual.text[:n], scorer.score_transient, k,
+                                      groups=title_codes([p.title for p in products[:n]]))
+        two["full_catalog"] = {"products": n, **full}
+    two["rerank_k"] = k
+    out["two_stage"] = two
+    return out
 
 
 def evaluate_category(task: CategoryTask, pairs: PairInputs, cfg: EvalConfig) -> dict:
@@ -232,7 +263,7 @@ def evaluate(checkpoints: dict[str, Path], products: list, cache, cfg: EvalConfi
         out["products"] = len(pairs)
         log.info("evaluating %s from %s on %d products", kind, path, len(pairs))
         if kind == "retrieval":
-            out["retrieval"] = evaluate_retrieval(retrieval_task(path), pairs, cfg)
+            out["retrieval"] = evaluate_retrieval(retrieval_task(path), pairs, cfg, features)
         elif kind == "category":
             out.update(evaluate_category(load_task(path), pairs, cfg))
         elif kind == "caption":

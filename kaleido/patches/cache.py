@@ -32,6 +32,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -264,6 +265,9 @@ class FeatureCache:
         self._arrays: list[dict[str, np.ndarray]] = []
         self._where: dict[str, tuple[int, int]] = {}
         self.skipped: list[dict] = []
+        if "parts" in self.meta:
+            self._open_parts()
+            return
         for k in range(self.meta["num_shards"]):
             shard = self.root / _shard_name(k)
             if not shard.is_dir():
@@ -279,6 +283,17 @@ class FeatureCache:
         if not self.complete:
             log.warning("%s: %d of %d shards present; run the same extract command to finish",
                         self.root, len(self._arrays), self.meta["num_shards"])
+
+    def _open_parts(self) -> None:
+        """A union folder (``write_union``): the parts' products, read in place."""
+        parts = [FeatureCache(self.root / part) for part in self.meta["parts"]]
+        for part in parts:
+            offset = len(self._arrays)
+            self._arrays += part._arrays
+            for pid, (shard, row) in part._where.items():
+                self._where.setdefault(pid, (offset + shard, row))
+        self.skipped = [s for part in parts for s in part.skipped if s["id"] not in self._where]
+        self.complete = all(part.complete for part in parts)
 
     @property
     def feature_dim(self) -> int:
@@ -310,6 +325,38 @@ class FeatureCache:
             image_size=np.asarray(a["image_sizes"][row]), saliency_fallback=bool(a["fallbacks"][row]),
             rotated=np.asarray(a["rotated"][row], dtype=np.float32) if "rotated" in a else None,
             grey=np.asarray(a["grey"][row], dtype=np.float32) if "grey" in a else None)
+
+
+UNION_KEYS = ("version", "config", "grids", "feature_dim", "num_patches")
+
+
+def write_union(out: str | Path, parts: Sequence[str | Path]) -> FeatureCache:
+    """Make ``out`` a cache that reads the products of several caches in place (e.g. a split
+    extracted in two runs): one folder to pass as ``--cache``. Nothing is copied; a product
+    in several parts is read from the first.
+
+    Raises:
+        CacheError: a part is not a cache, or was made with other patch settings than the first.
+    """
+    out = Path(out)
+    if (out / META).is_file() and "parts" not in json.loads((out / META).read_text()):
+        raise CacheError(f"{out} holds an extracted cache; write the union to a new folder")
+    metas = []
+    for part in parts:
+        if not (Path(part) / META).is_file():
+            raise CacheError(f"{part}: no {META}; not a feature cache")
+        metas.append(json.loads((Path(part) / META).read_text()))
+        if "parts" in metas[-1]:
+            raise CacheError(f"{part} is itself a union; list its parts instead")
+        for key in UNION_KEYS:
+            if metas[-1].get(key) != metas[0].get(key):
+                raise CacheError(f"{part} was made with another {key} than {parts[0]}; "
+                                 f"a union needs caches of the same patch settings")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {key: metas[0][key] for key in UNION_KEYS if key in metas[0]}
+    meta["parts"] = [os.path.relpath(Path(part).resolve(), out.resolve()) for part in parts]
+    _write_meta(out, meta)
+    return FeatureCache(out)
 
 
 def config_dict(cfg) -> dict:
