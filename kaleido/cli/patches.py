@@ -55,6 +55,8 @@ def register(sub) -> None:
     p = cmds.add_parser("union", help="one cache folder that reads several caches in place")
     p.add_argument("parts", nargs="+", type=Path, help="cache folders (same patch settings)")
     p.add_argument("--out", type=Path, required=True, help="the union folder (only a meta.json)")
+    p.add_argument("--whole-image", type=Path, nargs="*", default=[],
+                   help="folders of whole-image feature chunks (a linear-probe run's features/<split>)")
     p.set_defaults(func=cmd_union)
 
     p = cmds.add_parser("show", help="draw the saliency mask and patch grids over images")
@@ -122,9 +124,12 @@ def cmd_extract(args) -> int:
 
 
 def cmd_union(args) -> int:
-    cache = write_union(args.out, args.parts)
+    cache = write_union(args.out, args.parts, args.whole_image)
     state = "" if cache.complete else " (a part is incomplete: finish its extract run)"
     print(f"{args.out}: {len(cache):,} products from {len(args.parts)} caches{state}")
+    if args.whole_image:
+        with_whole = sum(cache.has_whole_image(i) for i in cache.ids)
+        print(f"  {with_whole:,} of them with a whole-image feature ({cache.whole_image_dim}-d)")
     return 0
 
 

@@ -26,6 +26,11 @@ class ImageTowerConfig:
     mlp_ratio: float = 4.0       # feed-forward width / hidden_size
     dropout: float = 0.1         # dropout in the transformer and on the embedded patches
     pooling: str = "cls"         # cls (a learned [CLS] token) | attention (learned-query attention pool)
+    # also the pooled backbone feature of the whole image (the linear reference's input; needs a
+    # cache made by `kaleido patches union --whole-image`): one more token of the transformer, or
+    # concatenated to the patch mean of the pooled tower
+    whole_image: bool = False
+    whole_image_dim: int = 1280  # its size (set from the feature cache)
 
     def __post_init__(self):
         if self.tower not in IMAGE_TOWERS:

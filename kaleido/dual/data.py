@@ -38,6 +38,15 @@ class DualDataset(Dataset):
     def __init__(self, products: Sequence, cache: FeatureCache, processor: DualProcessor,
                  augment: AugmentConfig = AugmentConfig(), image_views: int = 2, seed: int = 0):
         self.products = cached_products(products, cache, processor.grids)
+        if processor.whole_image:
+            kept = [p for p in self.products if cache.has_whole_image(p.id)]
+            if len(kept) < len(self.products):
+                log.warning("%d of %d products have no whole-image feature and are left out",
+                            len(self.products) - len(kept), len(self.products))
+            if not kept:
+                raise ValueError(f"none of the products has a whole-image feature in {cache.root} "
+                                 "(make the cache with `kaleido patches union --whole-image`)")
+            self.products = kept
         self.dropped = len(products) - len(self.products)
         self.cache, self.processor, self.augment = cache, processor, augment
         self.image_views, self.seed, self.epoch = image_views, seed, 0
@@ -66,6 +75,8 @@ class DualDataset(Dataset):
         out = {"patch_positions": item.positions.astype(np.float32), "title_ids": self.title_ids[i],
                "attributes_ids": self.attribute_ids[i], "title_group": int(self.title_group[i]),
                "attributes_group": int(self.attribute_group[i])}
+        if self.processor.whole_image:
+            out["whole_image"] = item.whole_image.astype(np.float32)
         if self.title_states is not None:
             out["title_states"], out["attributes_states"] = self.title_states[i], self.attribute_states[i]
         for v in "ab"[:self.image_views]:
@@ -90,6 +101,8 @@ class DualCollator:
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         batch = {"patch_positions": torch.from_numpy(np.stack([it["patch_positions"] for it in items]))}
+        if "whole_image" in items[0]:
+            batch["whole_image"] = torch.from_numpy(np.stack([it["whole_image"] for it in items]))
         for v in "ab":
             if f"patch_features_{v}" in items[0]:
                 batch[f"patch_features_{v}"] = torch.from_numpy(np.stack([it[f"patch_features_{v}"] for it in items]))

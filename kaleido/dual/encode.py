@@ -59,8 +59,9 @@ def embed_patches(model: DualEncoder, processor: DualProcessor, features: Sequen
     device, out = _device(model), []
     for start in tqdm(range(0, len(features), batch_size), desc="images", unit="batch", disable=not progress):
         batch = processor.patches(features[start:start + batch_size])
+        whole = batch["whole_image"].to(device) if "whole_image" in batch else None
         out.append(model.encode_image(batch["patch_features"].to(device), batch["patch_positions"].to(device),
-                                      batch["patch_mask"].to(device)).cpu().numpy())
+                                      batch["patch_mask"].to(device), whole).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.config.embed_dim), np.float32)
 
 

@@ -81,10 +81,11 @@ def evaluate_dual(model_path: str | Path, products: Sequence, cache, cfg: DualEv
     from kaleido.dual.encode import embed_products, embed_texts, load_dual
     from kaleido.dual.zeroshot import product_label, zero_shot_probabilities
 
-    kept = [p for p in products if p.id in cache]
-    if len(kept) < 2:
-        raise ValueError(f"{len(kept)} of {len(products)} products have cached features; need at least 2")
     model, processor = load_dual(model_path, cfg.device)
+    kept = [p for p in products if p.id in cache and (not processor.whole_image or cache.has_whole_image(p.id))]
+    if len(kept) < 2:
+        raise ValueError(f"{len(kept)} of {len(products)} products have cached features"
+                         f"{' and a whole-image feature' if processor.whole_image else ''}; need at least 2")
     image = embed_products(model, processor, cache, [p.id for p in kept], cfg.batch_size, progress=True)
     text = embed_texts(model, processor, [p.title for p in kept], cfg.batch_size * 2, progress=True)
     scores = image @ text.T                                                         # (N, N)

@@ -53,13 +53,22 @@ class PatchTransformerTower(nn.Module):
         self.query = nn.Parameter(torch.randn(1, 1, h) * 0.02)  # [CLS] token, or the pool's query
         if cfg.pooling == "attention":
             self.pool = nn.MultiheadAttention(h, cfg.num_heads, batch_first=True)
+        self.whole_image = cfg.whole_image
+        if cfg.whole_image:  # one more token: the whole image's pooled feature
+            self.whole_norm = nn.LayerNorm(cfg.whole_image_dim)
+            self.whole_proj = nn.Linear(cfg.whole_image_dim, h)
 
-    def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                whole_image: torch.Tensor | None = None) -> torch.Tensor:
         if features.shape[1] != len(self.levels):
             raise ValueError(f"{features.shape[1]} patches per image; the tower expects {len(self.levels)}")
         x = self.feature_proj(self.feature_norm(features)) + self.position_proj(positions.to(features.dtype))
         x = self.dropout(self.embed_norm(x + self.level_embeddings(self.levels)[None]))  # (B, P, H)
         ignore = ~mask.bool()                                                            # (B, P)
+        if self.whole_image:
+            whole = self.dropout(self.embed_norm(self.whole_proj(self.whole_norm(_need(whole_image)))))[:, None]
+            x = torch.cat([whole.to(x.dtype), x], 1)                                     # (B, 1+P, H)
+            ignore = torch.cat([torch.zeros_like(ignore[:, :1]), ignore], 1)
         query = self.query.expand(len(x), -1, -1).to(x.dtype)                            # (B, 1, H)
         if self.pooling == "cls":
             x = torch.cat([query, x], 1)                                                 # (B, 1+P, H)
@@ -70,18 +79,34 @@ class PatchTransformerTower(nn.Module):
 
 
 class PooledTower(nn.Module):
-    """Mean of the (unmasked) patch features -> LayerNorm -> 2-layer MLP -> (B, H)."""
+    """Mean of the (unmasked) patch features -> LayerNorm (beside the LayerNormed whole-image
+    feature, with ``whole_image``) -> 2-layer MLP -> (B, H)."""
 
     def __init__(self, cfg: ImageTowerConfig):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.feature_dim)
-        self.mlp = nn.Sequential(nn.Linear(cfg.feature_dim, cfg.hidden_size), nn.GELU(), nn.Dropout(cfg.dropout),
+        self.whole_image = cfg.whole_image
+        width = cfg.feature_dim
+        if cfg.whole_image:
+            self.whole_norm = nn.LayerNorm(cfg.whole_image_dim)
+            width += cfg.whole_image_dim
+        self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden_size), nn.GELU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.hidden_size, cfg.hidden_size))
 
-    def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                whole_image: torch.Tensor | None = None) -> torch.Tensor:
         w = mask.to(features.dtype).unsqueeze(-1)                                        # (B, P, 1)
-        mean = (features * w).sum(1) / w.sum(1).clamp(min=1.0)                          # (B, D)
-        return self.mlp(self.norm(mean))
+        x = self.norm((features * w).sum(1) / w.sum(1).clamp(min=1.0))                  # (B, D) patch mean
+        if self.whole_image:
+            x = torch.cat([x, self.whole_norm(_need(whole_image)).to(x.dtype)], 1)      # (B, D + C)
+        return self.mlp(x)
+
+
+def _need(whole_image: torch.Tensor | None) -> torch.Tensor:
+    if whole_image is None:
+        raise ValueError("this image tower reads the whole-image feature too (model.image.whole_image=true); "
+                         "give a feature cache made by `kaleido patches union --whole-image`")
+    return whole_image
 
 
 class TextTower(nn.Module):
@@ -125,11 +150,13 @@ class DualEncoder(nn.Module):
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
     def encode_image(self, patch_features: torch.Tensor, patch_positions: torch.Tensor,
-                     patch_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, P, D) features, (B, P, 5) positions, optional (B, P) bool kept-patch mask -> (B, E) unit vectors."""
+                     patch_mask: torch.Tensor | None = None, whole_image: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, P, D) features, (B, P, 5) positions, optional (B, P) bool kept-patch mask and
+        (B, C) whole-image features (towers with ``whole_image``) -> (B, E) unit vectors."""
         if patch_mask is None:
             patch_mask = torch.ones(patch_features.shape[:2], dtype=torch.bool, device=patch_features.device)
-        return F.normalize(self.image_proj(self.image(patch_features, patch_positions, patch_mask)).float(), dim=-1)
+        state = self.image(patch_features, patch_positions, patch_mask, whole_image)
+        return F.normalize(self.image_proj(state).float(), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids and mask -> (B, E) unit vectors."""
@@ -141,11 +168,11 @@ class DualEncoder(nn.Module):
         return F.normalize(self.text_proj(states).float(), dim=-1)
 
     def forward(self, input_ids=None, attention_mask=None, patch_features=None, patch_positions=None,
-                patch_mask=None) -> dict[str, torch.Tensor]:
+                patch_mask=None, whole_image=None) -> dict[str, torch.Tensor]:
         """Embeds whichever side is given: ``{"image_embeds": (B, E), "text_embeds": (B, E)}``."""
         out = {}
         if patch_features is not None:
-            out["image_embeds"] = self.encode_image(patch_features, patch_positions, patch_mask)
+            out["image_embeds"] = self.encode_image(patch_features, patch_positions, patch_mask, whole_image)
         if input_ids is not None:
             out["text_embeds"] = self.encode_text(input_ids, attention_mask)
         return out

@@ -50,23 +50,27 @@ class DualProcessor:
         max_text_len: tokens per text, [CLS] and [SEP] included.
         attribute_template: see :func:`attribute_text`.
         grids: the patch levels of the feature cache.
+        whole_image: the image tower also reads each product's whole-image feature.
     """
 
     def __init__(self, tokenizer, max_text_len: int = 32,
-                 attribute_template: str = DEFAULT_ATTRIBUTE_TEMPLATE, grids: Sequence[int] = (1, 2, 3, 4, 5)):
+                 attribute_template: str = DEFAULT_ATTRIBUTE_TEMPLATE, grids: Sequence[int] = (1, 2, 3, 4, 5),
+                 whole_image: bool = False):
         if max_text_len < 3:
             raise ValueError(f"max_text_len must be at least 3 ([CLS] word [SEP]), not {max_text_len}")
         self.tokenizer = tokenizer
         self.max_text_len = int(max_text_len)
         self.attribute_template = attribute_template
         self.grids = [int(g) for g in grids]
+        self.whole_image = bool(whole_image)
 
     @classmethod
     def default(cls, max_text_len: int = 32, attribute_template: str = DEFAULT_ATTRIBUTE_TEMPLATE,
-                grids: Sequence[int] = (1, 2, 3, 4, 5), tokenizer: str = "minilm") -> "DualProcessor":
+                grids: Sequence[int] = (1, 2, 3, 4, 5), tokenizer: str = "minilm",
+                whole_image: bool = False) -> "DualProcessor":
         from kaleido.tokenizer import load_tokenizer
 
-        return cls(load_tokenizer(tokenizer), max_text_len, attribute_template, grids)
+        return cls(load_tokenizer(tokenizer), max_text_len, attribute_template, grids, whole_image)
 
     @property
     def num_patches(self) -> int:
@@ -95,8 +99,14 @@ class DualProcessor:
 
     def patches(self, features: Sequence) -> dict[str, torch.Tensor]:
         """Cached :class:`~kaleido.patches.extract.PatchFeatures` (or ``(features, positions)``
-        pairs) -> ``patch_features`` (B, P, D), ``patch_positions`` (B, P, 5), ``patch_mask`` (B, P)."""
+        pairs) -> ``patch_features`` (B, P, D), ``patch_positions`` (B, P, 5), ``patch_mask`` (B, P),
+        and ``whole_image`` (B, C) when the tower reads it (``PatchFeatures.whole_image``)."""
         feats, pos = [], []
+        if self.whole_image:
+            missing = [k for k, f in enumerate(features) if getattr(f, "whole_image", None) is None]
+            if missing:
+                raise ValueError(f"{len(missing)} of {len(features)} images have no whole-image feature; this "
+                                 "dual encoder reads it (a cache made by `kaleido patches union --whole-image`)")
         for f in features:
             x, p = (f.features, f.positions) if hasattr(f, "features") else f
             if np.shape(x)[0] != self.num_patches or np.shape(p) != (self.num_patches, 5):
@@ -107,6 +117,8 @@ class DualProcessor:
         out = {"patch_features": torch.from_numpy(np.stack(feats)),
                "patch_positions": torch.from_numpy(np.stack(pos))}
         out["patch_mask"] = torch.ones(out["patch_features"].shape[:2], dtype=torch.bool)
+        if self.whole_image:
+            out["whole_image"] = torch.from_numpy(np.stack([np.asarray(f.whole_image, np.float32) for f in features]))
         return out
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -115,7 +127,7 @@ class DualProcessor:
         self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
         (path / PROCESSOR_NAME).write_text(json.dumps(
             {"max_text_len": self.max_text_len, "attribute_template": self.attribute_template,
-             "grids": self.grids}, indent=2) + "\n")
+             "grids": self.grids, "whole_image": self.whole_image}, indent=2) + "\n")
         return path
 
     @classmethod
@@ -129,4 +141,5 @@ class DualProcessor:
                                     "(`kaleido dual train` writes RUN/final)")
         cfg = json.loads(file.read_text())
         tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR), local_files_only=True)
-        return cls(tokenizer, cfg["max_text_len"], cfg["attribute_template"], cfg["grids"])
+        return cls(tokenizer, cfg["max_text_len"], cfg["attribute_template"], cfg["grids"],
+                   cfg.get("whole_image", False))

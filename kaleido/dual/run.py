@@ -31,13 +31,19 @@ def fit_to_cache(cfg: DualRunConfig, cache: FeatureCache) -> DualRunConfig:
     if image.feature_dim != dim or list(image.grids) != grids:
         log.info("image tower: %d-d features on grids %s (from the cache %s)", dim, grids, cache.root)
         image = dataclasses.replace(image, feature_dim=dim, grids=grids)
+    if image.whole_image:
+        if not cache.whole_image_dim:
+            raise ValueError(f"model.image.whole_image=true but {cache.root} carries no whole-image features; "
+                             "make one with `kaleido patches union CACHE --whole-image FEATURES --out UNION`")
+        image = dataclasses.replace(image, whole_image_dim=cache.whole_image_dim)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image=image))
 
 
 def build_dual_task(cfg: DualRunConfig, pretrained: bool = True) -> DualTask:
     """The dual encoder (text tower from ``cfg.model.text.init`` when ``pretrained``), its
     processor and the loss."""
-    processor = DualProcessor.default(cfg.data.max_text_len, cfg.data.attribute_template, cfg.model.image.grids)
+    processor = DualProcessor.default(cfg.data.max_text_len, cfg.data.attribute_template, cfg.model.image.grids,
+                                      whole_image=cfg.model.image.whole_image)
     return DualTask(create_dual_encoder(cfg.model, pretrained=pretrained), processor, cfg.loss)
 
 

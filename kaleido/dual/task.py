@@ -50,7 +50,8 @@ class DualTask(nn.Module):
         feats = torch.cat([batch[f"patch_features_{v}"] for v in views])                 # (V*B, P, D)
         masks = torch.cat([batch[f"patch_mask_{v}"] for v in views])                     # (V*B, P)
         pos = batch["patch_positions"].repeat(n, 1, 1)                                   # (V*B, P, 5)
-        images = self.model.encode_image(feats, pos, masks).split(b)
+        whole = batch["whole_image"].repeat(n, 1) if "whole_image" in batch else None       # (V*B, C)
+        images = self.model.encode_image(feats, pos, masks, whole).split(b)
         names = list(self.cfg.text_views)
         if all(f"{t}_states" in batch for t in names):  # a frozen body's states, computed once
             texts = self.model.project_text(torch.cat([batch[f"{t}_states"] for t in names])).split(b)

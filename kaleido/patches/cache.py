@@ -265,6 +265,7 @@ class FeatureCache:
         self._arrays: list[dict[str, np.ndarray]] = []
         self._where: dict[str, tuple[int, int]] = {}
         self.skipped: list[dict] = []
+        self._whole: dict[str, np.ndarray] = {}
         if "parts" in self.meta:
             self._open_parts()
             return
@@ -285,7 +286,12 @@ class FeatureCache:
                         self.root, len(self._arrays), self.meta["num_shards"])
 
     def _open_parts(self) -> None:
-        """A union folder (``write_union``): the parts' products, read in place."""
+        """A union folder (``write_union``): the parts' products, read in place, and the
+        whole-image features of its ``whole_image`` folders."""
+        for folder in self.meta.get("whole_image", []):
+            for file in sorted((self.root / folder).glob("chunk-*.npz")):
+                stored = np.load(file, allow_pickle=False)
+                self._whole.update(zip(stored["ids"].tolist(), stored["features"].astype(np.float32)))
         parts = [FeatureCache(self.root / part) for part in self.meta["parts"]]
         for part in parts:
             offset = len(self._arrays)
@@ -307,6 +313,14 @@ class FeatureCache:
     def ids(self) -> list[str]:
         return list(self._where)
 
+    @property
+    def whole_image_dim(self) -> int:
+        """Size of the whole-image features this cache carries (0: none)."""
+        return len(next(iter(self._whole.values()))) if self._whole else 0
+
+    def has_whole_image(self, product_id: object) -> bool:
+        return str(product_id) in self._whole
+
     def __len__(self) -> int:
         return len(self._where)
 
@@ -324,16 +338,22 @@ class FeatureCache:
             positions=np.asarray(a["positions"][row]), box=np.asarray(a["boxes"][row]),
             image_size=np.asarray(a["image_sizes"][row]), saliency_fallback=bool(a["fallbacks"][row]),
             rotated=np.asarray(a["rotated"][row], dtype=np.float32) if "rotated" in a else None,
-            grey=np.asarray(a["grey"][row], dtype=np.float32) if "grey" in a else None)
+            grey=np.asarray(a["grey"][row], dtype=np.float32) if "grey" in a else None,
+            whole_image=self._whole.get(str(product_id)))
 
 
 UNION_KEYS = ("version", "config", "grids", "feature_dim", "num_patches")
 
 
-def write_union(out: str | Path, parts: Sequence[str | Path]) -> FeatureCache:
+def write_union(out: str | Path, parts: Sequence[str | Path],
+                whole_image: Sequence[str | Path] = ()) -> FeatureCache:
     """Make ``out`` a cache that reads the products of several caches in place (e.g. a split
     extracted in two runs): one folder to pass as ``--cache``. Nothing is copied; a product
     in several parts is read from the first.
+
+    ``whole_image``: folders of whole-image feature chunks
+    (:func:`kaleido.baselines.features.image_features`, e.g. a linear-probe run's
+    ``features/train``), attached to the products as ``PatchFeatures.whole_image``.
 
     Raises:
         CacheError: a part is not a cache, or was made with other patch settings than the first.
@@ -355,6 +375,12 @@ def write_union(out: str | Path, parts: Sequence[str | Path]) -> FeatureCache:
     out.mkdir(parents=True, exist_ok=True)
     meta = {key: metas[0][key] for key in UNION_KEYS if key in metas[0]}
     meta["parts"] = [os.path.relpath(Path(part).resolve(), out.resolve()) for part in parts]
+    for folder in whole_image:
+        if not any(Path(folder).glob("chunk-*.npz")):
+            raise CacheError(f"{folder}: no chunk-*.npz whole-image features (kaleido baseline linear-probe "
+                             "writes them under OUT/features/<split>)")
+    if whole_image:
+        meta["whole_image"] = [os.path.relpath(Path(f).resolve(), out.resolve()) for f in whole_image]
     _write_meta(out, meta)
     return FeatureCache(out)
 

@@ -90,6 +90,9 @@ class PatchFeatures:
         rotated: (3, D) features of the rotate-grid patch rotated by 90/180/270 degrees
             counter-clockwise, or None.
         grey: (g*g, D) features of the grey-grid patches in greyscale, or None.
+        whole_image: (C,) pooled backbone feature of the whole image (the linear reference's
+            input, :func:`kaleido.baselines.features.image_features`) when the cache was given
+            one (``kaleido patches union --whole-image``), else None.
     """
 
     features: np.ndarray
@@ -99,6 +102,7 @@ class PatchFeatures:
     saliency_fallback: bool = False
     rotated: np.ndarray | None = None
     grey: np.ndarray | None = None
+    whole_image: np.ndarray | None = None
 
 
 def decode_side(cfg: PatchConfig) -> int:

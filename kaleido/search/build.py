@@ -72,11 +72,11 @@ def _embed(encoder, processor, cache, products: Sequence, cfg: IndexConfig) -> d
     return out
 
 
-def _cached_products(products: Sequence, cache) -> list:
-    kept = [p for p in products if p.id in cache]
+def _cached_products(products: Sequence, cache, whole_image: bool = False) -> list:
+    kept = [p for p in products if p.id in cache and (not whole_image or cache.has_whole_image(p.id))]
     if len(kept) < len(products):
-        log.warning("%d of %d products have no cached patch features and are not indexed",
-                    len(products) - len(kept), len(products))
+        what = "cached patch features" + (" and a whole-image feature" if whole_image else "")
+        log.warning("%d of %d products lack %s and are not indexed", len(products) - len(kept), len(products), what)
     return kept
 
 
@@ -101,7 +101,7 @@ def build_index(model, products: Sequence, cache, out: str | Path, cfg: IndexCon
     out, start = Path(out), time.perf_counter()
     cache, cache_path = _open_cache(cache)
     encoder, processor, model_path = _open_model(model, resolve_device(cfg.device).type)
-    products = _cached_products(products, cache)
+    products = _cached_products(products, cache, processor.whole_image)
     if not products:
         raise ValueError(f"none of the products is in the feature cache {cache_path}")
     ids = [p.id for p in products]
@@ -196,7 +196,7 @@ def add_products(index_dir: str | Path, products: Sequence, cache=None, model=No
     present = [p for p in products if index.row_of(p.id) is not None]
     if present:
         log.info("%d of the products are already indexed and skipped", len(present))
-    new = _cached_products([p for p in products if index.row_of(p.id) is None], cache)
+    new = _cached_products([p for p in products if index.row_of(p.id) is None], cache, processor.whole_image)
     if new:
         parts = [_embed(encoder, processor, cache, new[s:s + cfg.chunk_size], cfg)
                  for s in tqdm(range(0, len(new), cfg.chunk_size), desc="add", unit="chunk", disable=not progress)]

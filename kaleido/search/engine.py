@@ -76,7 +76,16 @@ def cache_extractor(cache) -> Callable:
                          "and pass them as (features, positions)")
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PatchConfig), saved))
     extractor = PatchExtractor.from_config(dataclasses.replace(cfg, extras=False))
-    return lambda image: extractor.extract([image])[0]
+    if not cache.whole_image_dim:
+        return lambda image: extractor.extract([image])[0]
+    from kaleido.baselines.features import whole_image_extractor
+
+    whole = whole_image_extractor()  # the cache carries whole-image features: the query gets one too
+
+    def extract(image):
+        return dataclasses.replace(extractor.extract([image])[0], whole_image=whole(image))
+
+    return extract
 
 
 class SearchEngine:
@@ -156,31 +165,30 @@ class SearchEngine:
 
         if isinstance(image, str):
             row = self.index.row_of(image)
-            feats = None
-            if self.cache is not None and image in self.cache:
-                item = self.cache[image]
-                feats = (item.features, item.positions)
+            item = self.cache[image] if self.cache is not None and image in self.cache else None
+            feats = (item.features, item.positions) if item is not None else None
             if row is not None:
                 return self.index.embeddings[row], feats, row
-            if feats is None:
+            if item is None:
                 raise ValueError(f"product {image!r} is neither indexed nor in the engine's feature cache")
-            return embed_patches(self.model, self.processor, [feats])[0], feats, None
+            return embed_patches(self.model, self.processor, [item])[0], feats, None
         if isinstance(image, np.ndarray) and image.ndim == 1:
             return image.astype(np.float32), None, None
         if hasattr(image, "features"):
-            feats = (image.features, image.positions)
+            item = image
         elif isinstance(image, (tuple, list)) and len(image) == 2:
-            feats = (np.asarray(image[0]), np.asarray(image[1]))
+            item = (np.asarray(image[0]), np.asarray(image[1]))
         elif hasattr(image, "convert"):  # a PIL image
             if self.extractor is None:
                 raise ValueError("raw images need a feature extractor: SearchEngine.load(..., extractor='cache'), "
                                  "or pass precomputed patch features (features, positions)")
             item = self.extractor(image)
-            feats = (item.features, item.positions)
         else:
             raise TypeError(f"unsupported image query {type(image).__name__}: a product id, PatchFeatures, "
                             "(features, positions), a PIL image or an embedding")
-        return embed_patches(self.model, self.processor, [feats])[0], feats, None
+        feats = (item.features, item.positions) if hasattr(item, "features") else item
+        # the dual encoder gets the whole item (its whole-image feature too, when it reads one)
+        return embed_patches(self.model, self.processor, [item])[0], feats, None
 
     # ---------------------------------------------------------------- search
 
