@@ -169,3 +169,8 @@ def test_a_union_reads_caches_extracted_in_two_runs(extractors, small_catalog_di
         write_union(tmp_path / "mixed", [tmp_path / "a", tmp_path / "crop"])
     with pytest.raises(CacheError, match="extracted cache"):
         write_union(tmp_path / "a", [tmp_path / "b"])
+
+    from kaleido.cli import main
+
+    assert main(["patches", "union", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cli")]) == 0
+    assert len(FeatureCache(tmp_path / "cli")) == 12
