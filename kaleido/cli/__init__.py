@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # faiss logs each CPU-specific build it tries and does not find
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return args.func(args) or 0
     except (CatalogError, ConfigError, ValueError, FileNotFoundError) as err:
