@@ -124,6 +124,7 @@ def scale_part(args) -> dict:
     from kaleido.dual.encode import embed_texts, load_dual
     from kaleido.search.config import IndexConfig
     from kaleido.search.index import exact_top_k, make_faiss_index
+    from kaleido.search.measure import query_latencies, recall_against
 
     import faiss
 
@@ -169,13 +170,8 @@ def scale_part(args) -> dict:
             elif cfg.kind == "ivf":
                 index.nprobe = min(knob, index.nlist)
                 name, setting = f"ivf nlist={index.nlist}", f"nprobe={index.nprobe}"
-            found, ms = [], []
-            for q in queries:
-                t0 = time.perf_counter()
-                _, r = index.search(q[None], k)
-                ms.append(1000 * (time.perf_counter() - t0))
-                found.append(r[0])
-            recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
+            found, ms = query_latencies(index, queries, k)
+            recall = recall_against(found, truth)
             end_to_end = np.asarray(ms)[:len(encode_ms)] + np.asarray(encode_ms[:len(ms)])
             rows.append({"index": name, "setting": setting, "recall@10": round(recall, 4), **_percentiles(ms),
                          "with text encoding p50_ms": round(float(np.percentile(end_to_end, 50)), 2),

@@ -13,7 +13,7 @@ from kaleido.search.config import IndexConfig
 from kaleido.search.index import exact_top_k, make_faiss_index
 
 
-def _latencies(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def query_latencies(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows found and per-query milliseconds, one query at a time (as a search box sends them)."""
     found, ms = [], []
     for q in queries:
@@ -24,9 +24,14 @@ def _latencies(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return np.stack(found), np.asarray(ms)
 
 
+def recall_against(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's exact top k (``truth`` rows) that ``found`` holds."""
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
 def _row(name: str, setting: str, found: np.ndarray, truth: np.ndarray, ms: np.ndarray, build_s: float,
          size: int) -> dict:
-    recall = np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])
+    recall = recall_against(found, truth)
     return {"index": name, "setting": setting, f"recall@{truth.shape[1]}": round(float(recall), 4),
             "p50_ms": round(float(np.percentile(ms, 50)), 4), "p95_ms": round(float(np.percentile(ms, 95)), 4),
             "build_s": round(build_s, 3), "size_mb": round(size / 2**20, 2)}
@@ -63,19 +68,19 @@ def recall_latency_curve(embeddings: np.ndarray, queries: np.ndarray, k: int = 1
 
     rows = []
     flat, secs, size = build("flat", cfg)
-    found, ms = _latencies(flat, q, k)
+    found, ms = query_latencies(flat, q, k)
     rows.append(_row("flat", "exact", found, truth, ms, secs, size))
     for m in hnsw_m:
         index, secs, size = build("hnsw", dataclasses.replace(cfg, hnsw_m=m))
         for ef in ef_search:
             index.hnsw.efSearch = ef
-            found, ms = _latencies(index, q, k)
+            found, ms = query_latencies(index, q, k)
             rows.append(_row(f"hnsw M={m}", f"efSearch={ef}", found, truth, ms, secs, size))
     if ivf_nprobe:
         index, secs, size = build("ivf", cfg)
         for nprobe in ivf_nprobe:
             index.nprobe = min(nprobe, index.nlist)
-            found, ms = _latencies(index, q, k)
+            found, ms = query_latencies(index, q, k)
             rows.append(_row(f"ivf nlist={index.nlist}", f"nprobe={index.nprobe}", found, truth, ms, secs, size))
     return rows
 
