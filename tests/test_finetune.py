@@ -109,7 +109,9 @@ def test_category_labels_unknown_to_the_classifier_are_ignored(pairs):
         label = data[i]["category_labels"]
         assert (label == UNKNOWN) == (p.category == names[0])
     with pytest.raises(ValueError, match="category targets"):
-        CategoryConfig(targets=["colour"])
+        CategoryConfig(targets=[])
+    with pytest.raises(ValueError, match="stands alone"):
+        CategoryConfig(targets=["all", "gender"])
 
 
 def test_save_and_load_keep_the_scores(pairs, tmp_path):

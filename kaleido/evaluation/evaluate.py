@@ -22,7 +22,7 @@ from kaleido.evaluation.metrics import (classification_metrics, full_catalog_ran
                                         retrieval_summary)
 from kaleido.evaluation.scorer import PairScorer
 from kaleido.finetune.base import TASK_NAME, load_task, read_task_info
-from kaleido.finetune.category import CategoryCollator, CategoryTask
+from kaleido.finetune.category import CategoryCollator, CategoryTask, product_label
 from kaleido.finetune.pairs import PairInputs
 from kaleido.finetune.retrieval import RetrievalConfig, RetrievalTask
 from kaleido.model import create_model, is_kaleido_checkpoint
@@ -193,7 +193,7 @@ def evaluate_category(task: CategoryTask, pairs: PairInputs, cfg: EvalConfig) ->
                 preds[t] += logits.argmax(1).tolist()
     out = {}
     for t, names in task.labels.items():
-        truth = [getattr(p, t) or "" for p in pairs.products]
+        truth = [product_label(p, t) for p in pairs.products]
         predicted = [names[k] for k in preds[t]]
         out[t] = {**classification_metrics(truth, predicted), "unseen": sum(x not in names for x in truth)}
     return out

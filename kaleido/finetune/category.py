@@ -1,6 +1,9 @@
-"""Category and subcategory recognition (CR, SUB): classifiers on the pooled [CLS].
+"""Category, subcategory and attribute recognition: classifiers on the pooled [CLS].
 
-Label names come from the training split; a validation or test product whose label
+The targets are ``category`` and ``subcategory`` (CR, SUB) and any attribute column of the
+catalog (``baseColour``, ``gender``, ``usage``, ``season``, ``masterCategory`` in
+fashion-products), all trained jointly; ``targets=[all]`` takes every one the training
+products have. Label names come from the training split; a validation or test product whose label
 never occurs in training cannot be predicted right and is counted as an error (the
 evaluation reports how many there were).
 """
@@ -27,21 +30,39 @@ UNKNOWN = -100
 class CategoryConfig:
     """Category / subcategory fine-tuning."""
 
-    targets: list[str] = field(default_factory=lambda: ["category", "subcategory"])  # trained jointly when both
+    # trained jointly: category, subcategory, attribute columns, or [all] (every label column)
+    targets: list[str] = field(default_factory=lambda: ["category", "subcategory"])
     inputs: str = "image+text"   # image+text (the paper) | image (the title left out: [CLS] [SEP])
     dropout: float = 0.1
 
     def __post_init__(self):
-        bad = set(self.targets) - {"category", "subcategory"}
-        if bad or not self.targets:
-            raise ValueError(f"category targets must be among category, subcategory, not {self.targets}")
+        if not self.targets or any(not isinstance(t, str) or not t.strip() for t in self.targets):
+            raise ValueError(f"category targets must be label columns (category, subcategory, an "
+                             f"attribute such as baseColour) or [all], not {self.targets}")
+        if "all" in self.targets and len(self.targets) > 1:
+            raise ValueError(f"category targets: 'all' stands alone, not in {self.targets}")
         if self.inputs not in INPUTS:
             raise ValueError(f"category inputs must be one of {INPUTS}, not {self.inputs!r}")
 
 
+def product_label(product, target: str) -> str:
+    """The product's label of ``target``: its category / subcategory or an attribute ('' = none)."""
+    value = getattr(product, target) if target in ("category", "subcategory") else product.attributes.get(target)
+    return "" if value is None else str(value).strip()
+
+
+def resolve_targets(products, targets: list[str]) -> list[str]:
+    """``targets`` with ``all`` expanded to category, subcategory and every attribute column
+    with at least two labels among ``products``."""
+    if targets != ["all"]:
+        return list(targets)
+    columns = ["category", "subcategory"] + sorted({k for p in products for k in p.attributes})
+    return [t for t in columns if len({product_label(p, t) for p in products} - {""}) >= 2]
+
+
 def label_names(products, target: str) -> list[str]:
     """Sorted label names of ``target`` among ``products`` (empty labels left out)."""
-    return sorted({getattr(p, target) for p in products if getattr(p, target)})
+    return sorted({product_label(p, target) for p in products} - {""})
 
 
 class CategoryDataset(Dataset):
@@ -50,7 +71,7 @@ class CategoryDataset(Dataset):
     def __init__(self, pairs: PairInputs, labels: dict[str, list[str]]):
         self.pairs = pairs
         index = {t: {name: k for k, name in enumerate(names)} for t, names in labels.items()}
-        self.targets = {t: np.array([index[t].get(getattr(p, t), UNKNOWN) for p in pairs.products])
+        self.targets = {t: np.array([index[t].get(product_label(p, t), UNKNOWN) for p in pairs.products])
                         for t in labels}
 
     def __len__(self) -> int:
@@ -84,10 +105,10 @@ class CategoryTask(FinetuneTask):
 
     def __init__(self, model: KaleidoBertModel, cfg: CategoryConfig, labels: dict[str, list[str]]):
         super().__init__(model, cfg)
-        self.labels = {t: list(labels[t]) for t in cfg.targets}
+        self.labels = {t: list(names) for t, names in labels.items()}
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifiers = nn.ModuleDict({t: nn.Linear(model.config.hidden_size, len(self.labels[t]))
-                                          for t in cfg.targets})
+                                          for t in self.labels})
 
     @classmethod
     def build(cls, model, cfg, info):

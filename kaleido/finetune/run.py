@@ -11,7 +11,8 @@ from kaleido.config import save_config
 from kaleido.data import Catalog
 from kaleido.data.split import read_split, split_catalog, split_products
 from kaleido.finetune.caption import CaptionCollator, CaptionTask
-from kaleido.finetune.category import CategoryCollator, CategoryDataset, CategoryTask, label_names
+from kaleido.finetune.category import (CategoryCollator, CategoryDataset, CategoryTask, label_names,
+                                       resolve_targets)
 from kaleido.finetune.config import KINDS, FinetuneConfig
 from kaleido.finetune.pairs import PairInputs
 from kaleido.finetune.retrieval import PairCollator, RetrievalDataset, RetrievalTask
@@ -47,7 +48,8 @@ def build_task(kind: str, cfg: FinetuneConfig, model, train: PairInputs):
     if kind == "retrieval":
         return RetrievalTask(model, cfg.retrieval)
     if kind == "category":
-        labels = {t: label_names(train.products, t) for t in cfg.category.targets}
+        targets = resolve_targets(train.products, cfg.category.targets)
+        labels = {t: label_names(train.products, t) for t in targets}
         for t, names in labels.items():
             if len(names) < 2:
                 raise ValueError(f"the training products have {len(names)} {t} label(s); need at least 2")
