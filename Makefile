@@ -6,11 +6,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.kaleido-installed
-DEMO   ?= runs/demo
+DEMO   ?= runs/demo-app
+CATALOG ?= data/sample
+MODEL  ?= kaleido-fashion-v1
+DEMO_ADDRESS ?= 127.0.0.1
+DEMO_PORT ?= 8501
+STAGES ?= runs/stages
 K      := $(VENV)/bin/kaleido
 DEMO_IMAGES := data/sample/images/10047.jpg data/sample/images/10117.jpg data/sample/images/17137.jpg
 
-.PHONY: demo test install clean
+.PHONY: demo stages test install clean
 
 install: $(STAMP)
 
@@ -29,24 +34,30 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "== kaleido demo on the bundled sample (data/sample): every stage, at a demo budget =="
-	$(K) data inspect data/sample --json $(DEMO)/inspect.json
-	$(K) data split data/sample --out $(DEMO)/split
-	$(K) saliency predict $(DEMO_IMAGES) --out $(DEMO)/saliency
-	$(K) patches show $(DEMO_IMAGES) --out $(DEMO)/patches
-	$(K) patches extract --catalog data/sample --out $(DEMO)/cache
-	$(K) sat train --catalog data/sample --split-file $(DEMO)/split --out $(DEMO)/sat --config default batch_size=16 epochs=15
-	$(K) sat caption $(DEMO_IMAGES) --model $(DEMO)/sat --out $(DEMO)/sat/pictures
-	$(K) align build --catalog data/sample --cache $(DEMO)/cache --sat $(DEMO)/sat
-	$(K) align show 10047 --catalog data/sample --cache $(DEMO)/cache --out $(DEMO)/align_10047.png
-	$(K) align measure --catalog data/sample --cache $(DEMO)/cache --split-file $(DEMO)/split --split test
-	$(K) pretrain --catalog data/sample --cache $(DEMO)/cache --split-file $(DEMO)/split --out $(DEMO)/pretrain train.max_steps=60 train.batch_size=16
+	@echo "== kaleido demo: preparing $(CATALOG) with $(MODEL) (first start only; progress below) =="
+	$(K) demo prepare --catalog $(CATALOG) --model $(MODEL) --out $(DEMO)
+	@echo "== serving the app: open the URL below (Ctrl-C stops it) =="
+	KALEIDO_DEMO_RUN=$(DEMO) KALEIDO_TAG_FOLDERS=$(CATALOG) $(PY) -m streamlit run app/streamlit_app.py \
+		--server.address $(DEMO_ADDRESS) --server.port $(DEMO_PORT)
+
+# Every pipeline stage on the bundled sample at a demo budget (pictures in $(STAGES)/); not a set-up command.
+stages: $(STAMP)
+	$(K) data inspect data/sample --json $(STAGES)/inspect.json
+	$(K) data split data/sample --out $(STAGES)/split
+	$(K) saliency predict $(DEMO_IMAGES) --out $(STAGES)/saliency
+	$(K) patches show $(DEMO_IMAGES) --out $(STAGES)/patches
+	$(K) patches extract --catalog data/sample --out $(STAGES)/cache
+	$(K) sat train --catalog data/sample --split-file $(STAGES)/split --out $(STAGES)/sat --config default batch_size=16 epochs=15
+	$(K) sat caption $(DEMO_IMAGES) --model $(STAGES)/sat --out $(STAGES)/sat/pictures
+	$(K) align build --catalog data/sample --cache $(STAGES)/cache --sat $(STAGES)/sat
+	$(K) align show 10047 --catalog data/sample --cache $(STAGES)/cache --out $(STAGES)/align_10047.png
+	$(K) align measure --catalog data/sample --cache $(STAGES)/cache --split-file $(STAGES)/split --split test
+	$(K) pretrain --catalog data/sample --cache $(STAGES)/cache --split-file $(STAGES)/split --out $(STAGES)/pretrain train.max_steps=60 train.batch_size=16
 	for task in retrieval category caption; do \
-		$(K) finetune $$task --from $(DEMO)/pretrain/final --catalog data/sample --cache $(DEMO)/cache \
-			--split-file $(DEMO)/split --out $(DEMO)/finetune/$$task train.max_steps=40 || exit 1; done
-	$(K) eval --checkpoint $(DEMO)/finetune --catalog data/sample --cache $(DEMO)/cache --split-file $(DEMO)/split \
-		--split test --json $(DEMO)/eval.json kb101.queries=30 kb101.negatives=20 kb101.draws=2 full_catalog=30
-	@echo "== done: pictures and outputs in $(DEMO)/ (saliency/, patches/, cache/, sat/, align_10047.png, pretrain/loss_curves.png, eval.json) =="
+		$(K) finetune $$task --from $(STAGES)/pretrain/final --catalog data/sample --cache $(STAGES)/cache \
+			--split-file $(STAGES)/split --out $(STAGES)/finetune/$$task train.max_steps=40 || exit 1; done
+	$(K) eval --checkpoint $(STAGES)/finetune --catalog data/sample --cache $(STAGES)/cache --split-file $(STAGES)/split \
+		--split test --json $(STAGES)/eval.json kb101.queries=30 kb101.negatives=20 kb101.draws=2 full_catalog=30
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -24,6 +24,15 @@ def register(sub) -> None:
     tr.add_argument("overrides", nargs="*", help="e.g. epochs=60 hidden=512 threads=2")
     tr.set_defaults(func=cmd_train)
 
+    ev = inner.add_parser("eval", help="score a saved tagger on a split (accuracy, macro-F1, ECE)")
+    add_catalog_args(ev)
+    ev.add_argument("--model", required=True, help="a tagger folder or a released model name")
+    ev.add_argument("--split-file", type=Path, required=True)
+    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ev.add_argument("--cache", type=Path, default=None, help="tag-feature cache made with the model's settings")
+    ev.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ev.set_defaults(func=cmd_eval)
+
     t = sub.add_parser("tag", help="tag every product of a catalog (resumable; torchrun shards it)")
     add_catalog_args(t)
     t.add_argument("--model", required=True, help="a tagger folder or a released model name")
@@ -56,6 +65,22 @@ def cmd_train(args) -> int:
     print(format_report(report))
     print(f"\nsaved the tagger to {args.out} (report.json, reliability.png); "
           f"tag a catalog: kaleido tag --catalog ... --model {args.out} --out TAGS")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from ..data import load_catalog
+    from ..data.split import read_split
+    from ..tagging.run import evaluate_saved, format_report
+    from .common import catalog_config
+
+    catalog = load_catalog(catalog_config(args))
+    report = evaluate_saved(args.model, catalog, read_split(args.split_file), args.split, args.cache)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

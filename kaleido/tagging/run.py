@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -124,14 +125,36 @@ def train_from_catalog(catalog: Catalog, split: dict, out: str | Path, sat: str 
     return report
 
 
+def evaluate_saved(model: str | Path, catalog: Catalog, split: dict, name: str = "test",
+                   cache: str | Path | None = None) -> dict:
+    """Score a saved tagger (a folder or released model) on one split: ``{mode: {field: metrics}}``.
+
+    Features come from ``cache`` (made with the tagger's settings; missing ones are computed)."""
+    from kaleido.tagging.tagger import Tagger
+
+    tagger = Tagger.from_pretrained(model)
+    products = list(split_catalog(catalog, split, name))
+    if not products:
+        raise ValueError(f"split {name!r} has no products")
+    with tempfile.TemporaryDirectory() as tmp:
+        feature_cache = TagFeatureCache(cache or Path(tmp) / "features", tagger.feature_cfg)
+        data = split_features(catalog, products, feature_cache, tagger.extractor, tagger.fields, desc=f"{name} features")
+    data["text"] = tagger.title_embeddings(data["titles"])
+    return {"split": name, "products": len(data["ids"]), "skipped": data["bad"],
+            "tagger": {m: evaluate_tagger(tagger.model, data, m) for m in tagger.model.cfg.modes}}
+
+
 def format_report(report: dict) -> str:
     """Per field and mode: the tagger's accuracy / macro-F1 / ECE against the reference's."""
-    lines = [f"test split ({report['products'][report['split']]} products); accuracy / macro-F1 (%), "
+    n = report["products"][report["split"]] if isinstance(report["products"], dict) else report["products"]
+    lines = [f"{report['split']} split ({n} products); accuracy / macro-F1 (%), "
              "ECE of the calibrated probabilities (%)",
              "| field | inputs | logistic regression (bar) | tagger | tagger ECE |", "|---|---|---|---|---|"]
-    for f in report["fields"]:
+    fields = report.get("fields") or list(next(iter(report["tagger"].values())))
+    for f in fields:
         for m in MODES:
-            t, r = report["tagger"][m].get(f), report["reference"][m].get(f)
+            t = report["tagger"].get(m, {}).get(f)
+            r = report.get("reference", {}).get(m, {}).get(f)
             if not t:
                 continue
             ref = f"{100 * r['accuracy']:.1f} / {100 * r['macro_f1']:.1f}" if r else "-"
