@@ -84,7 +84,8 @@ def _ids_digest(ids) -> str:
 def rows_of_chunk(tagger: Tagger, catalog: Catalog, products, cache: TagFeatureCache, cfg: TagJobConfig,
                   split: dict | None = None) -> pd.DataFrame:
     """The output rows of one chunk of products (bad images get a row with the reason)."""
-    extractor = tagger.extractor if cfg.compute_missing else None
+    # the backbone loads only when some product of the chunk is not in the cache
+    extractor = tagger.extractor if cfg.compute_missing and any(p.id not in cache for p in products) else None
     rows = features_for(products, catalog, cache, extractor, _ids_digest([p.id for p in products]))
     by_id = {p.id: p for p in products}
     kept = [by_id[i] for i in rows.ids]
