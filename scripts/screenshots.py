@@ -75,7 +75,7 @@ def drive(url: str, out: Path, query: str = "red dress") -> dict:
     seen = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
         page.goto(url)
         wait_idle(page)
         box = page.locator('[data-testid="stTextInput"] input').first
@@ -112,9 +112,13 @@ def main() -> None:
     ap.add_argument("--run", default=str(REPO / "runs" / "demo-app"))
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     ap.add_argument("--query", default="red dress")
+    ap.add_argument("--url", default=None, help="an app already served (else one is started on --run)")
     args = ap.parse_args()
-    with serve(args.run, args.out.parent / "screenshots-server.log" if args.out.parent.is_dir() else Path("/tmp/st.log")) as url:
-        seen = drive(url, args.out, args.query)
+    if args.url:
+        seen = drive(args.url, args.out, args.query)
+    else:
+        with serve(args.run, Path("/tmp/kaleido-screenshots-server.log")) as url:
+            seen = drive(url, args.out, args.query)
     print({k: v for k, v in seen.items() if not k.endswith("_text")})
     print(f"screenshots in {args.out}")
 
