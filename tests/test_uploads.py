@@ -101,3 +101,39 @@ def test_a_table_with_the_wrong_columns_gets_a_message(tmp_path):
         unpack_catalog_upload(b"", None, tmp_path / "b")
     with pytest.raises(UploadError, match="must be .csv"):
         unpack_catalog_upload(b"x", None, tmp_path / "c", table_name="products.exe")
+
+
+def test_table_image_paths_must_stay_inside_the_upload(tmp_path):
+    data, table = _table(2)
+    images = {rel: (SAMPLE / rel).read_bytes() for rel in table["image"]}
+    t = table.copy()
+    t.loc[0, "image"] = str(SAMPLE / table["image"].iloc[0])          # an absolute path on the server
+    with pytest.raises(UploadError, match="not inside the upload"):
+        unpack_catalog_upload(t.to_csv(index=False).encode(), _zip(images), tmp_path / "a")
+    t.loc[0, "image"] = "../other/" + table["image"].iloc[0]           # another upload's folder
+    (tmp_path / "other" / "images").mkdir(parents=True)
+    (tmp_path / "other" / table["image"].iloc[0]).write_bytes(images[table["image"].iloc[0]])
+    with pytest.raises(UploadError, match="not inside the upload"):
+        unpack_catalog_upload(t.to_csv(index=False).encode(), _zip(images), tmp_path / "b")
+
+
+def test_a_damaged_zip_entry_gets_a_message_and_leaves_no_half_file(tmp_path):
+    data, _ = _table(1)
+    good = _zip({"images/a.jpg": _jpeg((200, 200), "blue") * 3})
+    raw = bytearray(good)
+    start = raw.find(b"images/a.jpg") + len("images/a.jpg")   # the first entry's data follows its local header name
+    for i in range(start + 10, start + 60):
+        raw[i] ^= 0xFF
+    with pytest.raises(UploadError, match="damaged|not a zip"):
+        unpack_catalog_upload(data, bytes(raw), tmp_path / "up")
+    assert not (tmp_path / "up" / "images" / "a.jpg").exists()
+
+
+def test_unpack_once_reuses_a_finished_folder(tmp_path):
+    from kaleido.demo.uploads import unpack_once
+
+    data, table = _table(2)
+    archive = _zip({rel: (SAMPLE / rel).read_bytes() for rel in table["image"]})
+    first = unpack_once(data, archive, tmp_path)
+    marker = (first / ".done").stat().st_mtime_ns
+    assert unpack_once(data, archive, tmp_path) == first and (first / ".done").stat().st_mtime_ns == marker

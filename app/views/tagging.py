@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app.resources import run_dir, session, tag_folders
-from kaleido.demo.uploads import UploadError, unpack_catalog_upload
+from kaleido.demo.uploads import UploadError, unpack_once
 
 demo = session()
 st.title("Catalog tagging")
@@ -26,9 +26,8 @@ else:
     images = st.file_uploader("Images (a zip; paths as in the table's image column)", type=["zip"], key="tag_zip")
     if table is not None:
         data, archive = table.getvalue(), images.getvalue() if images is not None else None
-        digest = hashlib.sha1(data + (archive or b"")).hexdigest()[:12]
         try:
-            folder = str(unpack_catalog_upload(data, archive, Path(run_dir()) / "uploads" / digest, table.name))
+            folder = str(unpack_once(data, archive, Path(run_dir()) / "uploads", table.name))
         except UploadError as err:
             st.error(f"That upload cannot be used: {err}")
             st.stop()
@@ -49,7 +48,13 @@ inputs = st.selectbox("Inputs", ["auto", "image", "image+title"], key="tag_input
                            "(for catalogs whose titles are not trustworthy)")
 st.write(f"{len(catalog)} products in {folder}.")
 if st.button("Tag the catalog", type="primary", key="tag_run"):
-    out = Path(run_dir()) / "tag-jobs" / hashlib.sha1(f"{Path(folder).resolve()}|{inputs}".encode()).hexdigest()[:12]
+    # one job folder per catalog state (path, table file, inputs); features cached per catalog, except
+    # the demo's own catalog, whose features `make demo` already made
+    table_files = sorted(p for p in Path(folder).glob("products.*") if p.is_file())
+    stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in table_files)
+    out = Path(run_dir()) / "tag-jobs" / hashlib.sha1(f"{Path(folder).resolve()}|{stamp}|{inputs}".encode()).hexdigest()[:12]
+    same = Path(folder).resolve() == Path(demo.state.catalog).resolve()
+    cache = Path(run_dir()) / "tag-features" if same else out / "features"
     cfg = TagJobConfig(inputs=inputs, chunk=16, csv=True)
     n_parts = -(-len(catalog) // cfg.chunk)
     bar = st.progress(0.0, text="tagging ...")
@@ -60,13 +65,18 @@ if st.button("Tag the catalog", type="primary", key="tag_run"):
         bar.progress(min(1.0, len(done) / n_parts), text=f"tagging: {min(len(catalog), len(done) * cfg.chunk)} of "
                                                         f"{len(catalog)} products")
 
-    summary = run_tag_job(catalog, demo.model / "tagger", out, cache=Path(run_dir()) / "tag-features", cfg=cfg,
-                          on_part=on_part, tagger=demo.tagger)
+    try:
+        summary = run_tag_job(catalog, demo.model / "tagger", out, cache=cache, cfg=cfg, on_part=on_part,
+                              tagger=demo.tagger)
+    except (ValueError, RuntimeError) as err:
+        st.error(f"Tagging stopped: {err}")
+        st.stop()
     bar.progress(1.0, text="done")
-    st.session_state["tag_result"] = (str(out), summary)
+    st.session_state["tag_result"] = (str(out), summary, folder)
 
 if "tag_result" in st.session_state:
-    out, summary = st.session_state["tag_result"]
+    out, summary, tagged_folder = st.session_state["tag_result"]
+    tagged = catalog if tagged_folder == folder else load_catalog(tagged_folder)
     df = pd.read_parquet(Path(out) / "tags.parquet")
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("tagged", summary["tagged"])
@@ -82,8 +92,7 @@ if "tag_result" in st.session_state:
         for _, row in flagged.head(6).iterrows():
             c1, c2 = st.columns([1, 4])
             try:
-                c1.image(demo.image_of(row["id"]) if row["id"] in demo.catalog else
-                         catalog.load_image(catalog[row["id"]]), width=120)
+                c1.image(tagged.load_image(tagged[row["id"]]), width=120)
             except Exception:
                 c1.write("(image unavailable)")
             diffs = [f"**{f}**: catalog says *{row[f + '_catalog']}*, model says *{row[f]}* ({row[f + '_prob']:.2f})"

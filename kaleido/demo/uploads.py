@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -123,17 +125,45 @@ def unpack_catalog_upload(table: bytes, images_zip: bytes | None, dest: str | Pa
                 if root not in target.parents:
                     raise UploadError(f"the zip entry {info.filename!r} points outside the folder; refused")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(target, "wb") as out:
-                    written = 0
-                    while chunk := src.read(2**20):
-                        written += len(chunk)
-                        if written > info.file_size:   # the header lied about the size
-                            raise UploadError(f"the zip entry {info.filename!r} is larger than it claims; refused")
-                        out.write(chunk)
+                try:
+                    with archive.open(info) as src, open(target, "wb") as out:
+                        written = 0
+                        while chunk := src.read(2**20):
+                            written += len(chunk)
+                            if written > info.file_size:   # the header lied about the size
+                                raise UploadError(f"the zip entry {info.filename!r} is larger than it claims; refused")
+                            out.write(chunk)
+                except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as err:
+                    target.unlink(missing_ok=True)
+                    raise UploadError(f"the zip entry {info.filename!r} is damaged ({type(err).__name__}: {err})") from err
     try:
         catalog = load_catalog(dest / f"products{suffix}")
     except (CatalogError, ValueError) as err:
         raise UploadError(f"{table_name} cannot be read as a product table: {err}") from err
     if not len(catalog):
         raise UploadError(f"{table_name} has no usable products")
+    root = dest.resolve()
+    for product in catalog:
+        for ref in product.images:
+            ref = str(ref)
+            if Path(ref).is_absolute() or root not in (dest / ref).resolve().parents:
+                raise UploadError(f"{table_name}: product {product.id}'s image {ref!r} is not inside the upload; "
+                                  "image paths must be relative to the zip's root")
+    return dest
+
+
+def unpack_once(table: bytes, images_zip: bytes | None, parent: str | Path, table_name: str = "products.csv",
+                limits: UploadLimits = UploadLimits()) -> Path:
+    """:func:`unpack_catalog_upload` into ``parent/<digest of the bytes>``, done once: a folder
+    whose unpacking finished (its ``.done`` marker) is reused, a half-written one is redone."""
+    digest = hashlib.sha1(table + b"\0" + (images_zip or b"")).hexdigest()[:16]
+    dest = Path(parent) / digest
+    if (dest / ".done").is_file():
+        return dest
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    unpack_catalog_upload(table, images_zip, dest, table_name, limits)
+    (dest / ".done").write_text(table_name + "\n")
     return dest

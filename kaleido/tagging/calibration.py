@@ -67,14 +67,18 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
 def precision_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float,
                         min_support: int = 20) -> float:
     """The lowest ``t`` such that predictions with confidence >= ``t`` are right at least
-    ``precision`` of the time (over at least ``min_support`` of them); 1.0 when none is."""
+    ``precision`` of the time (over at least ``min_support`` of them); ``inf`` (never) when none is.
+
+    Only thresholds between distinct confidences are candidates: predictions with equal
+    confidence are all above a threshold or all below it."""
     confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
-    order = np.argsort(-confidence)
+    order = np.argsort(-confidence, kind="stable")
     conf, hits = confidence[order], np.cumsum(correct[order])
     n = np.arange(1, len(conf) + 1)
-    ok = (hits / n >= precision) & (n >= min_support)
+    group_end = np.append(conf[1:] < conf[:-1], True) if len(conf) else np.zeros(0, bool)
+    ok = (hits / n >= precision) & (n >= min_support) & group_end
     if not ok.any():
-        return 1.0
+        return float("inf")
     # the largest prefix that still meets the precision; its last confidence is the threshold
     last = int(np.nonzero(ok)[0].max())
     return float(conf[last])

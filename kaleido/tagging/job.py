@@ -63,8 +63,11 @@ def dist_info() -> tuple[int, int]:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and dist.is_available() and not dist.is_initialized():
+        from datetime import timedelta
+
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        # the only collective is the final barrier: a rank with little left waits for the others
+        dist.init_process_group(backend, timeout=timedelta(hours=24))
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -170,6 +173,7 @@ def run_tag_job(catalog: Catalog, model: str | Path, out: str | Path, cache: str
     ids = [p.id for p in products]
     job = {"model": str(model), "model_fields": tagger.fields, "products": len(products),
            "catalog_ids": _ids_digest(ids), "inputs": cfg.inputs, "chunk": cfg.chunk, "top_k": cfg.top_k,
+           "compute_missing": cfg.compute_missing,
            "split": _ids_digest(sorted(f"{k}={v}" for k, v in split.items())) if split else ""}
     _check_job(out, job, rank)
     feature_cache = TagFeatureCache(cache or out / "features", tagger.feature_cfg)
@@ -193,10 +197,11 @@ def run_tag_job(catalog: Catalog, model: str | Path, out: str | Path, cache: str
     _barrier()
     if rank != 0:
         return None
-    return merge_parts(out, len(chunks), ids, tagger.fields, cfg)
+    return merge_parts(out, len(chunks), ids, tagger.fields, cfg, world)
 
 
-def merge_parts(out: Path, n_chunks: int, ids: list[str], fields: list[str], cfg: TagJobConfig) -> dict:
+def merge_parts(out: Path, n_chunks: int, ids: list[str], fields: list[str], cfg: TagJobConfig,
+                world: int = 1) -> dict:
     """Join the parts into ``tags.parquet``, check exactly-once, write the summary."""
     missing = [k for k in range(n_chunks) if not (out / "parts" / f"part-{k:05d}.parquet").is_file()]
     if missing:
@@ -213,7 +218,7 @@ def merge_parts(out: Path, n_chunks: int, ids: list[str], fields: list[str], cfg
     _write_atomic(df, out / TAGS_NAME)
     if cfg.csv:
         _write_atomic(df, out / "tags.csv", kind="csv")
-    timing = pd.concat([pd.read_parquet(f) for f in sorted((out / "parts").glob("timing-rank*.parquet"))])
+    timing = pd.concat([pd.read_parquet(out / "parts" / f"timing-rank{r}.parquet") for r in range(world)])
     summary = summarise(df, fields, timing)
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -61,6 +61,9 @@ def split_features(catalog: Catalog, products, cache: TagFeatureCache, extractor
             bar.update(len(block))
     by_id = {p.id: p for p in products}
     ids = [i for r in parts for i in r.ids]
+    if not ids:
+        raise ValueError(f"{desc}: none of the {len(products)} products has features "
+                         f"({'; '.join(f'{k}: {v}' for k, v in list(bad.items())[:3])})")
     kept = [by_id[i] for i in ids]
     if bad:
         log.warning("%s: %d product(s) without features (%s)", desc, len(bad),

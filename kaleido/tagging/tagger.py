@@ -154,7 +154,7 @@ class Tagger:
                     order = np.argsort(-p)[:top_k]
                     names = self.model.cfg.labels[f]
                     label, prob = names[order[0]], float(p[order[0]])
-                    th = thresholds.get(f, {"low_confidence": 0.0, "disagree": 1.0})
+                    th = thresholds.get(f, {"low_confidence": 0.0, "disagree": float("inf")})
                     catalog = (catalog_labels[i].get(f, "") if catalog_labels is not None else "") or ""
                     tags.fields[f] = FieldTag(label, prob, [(names[k], float(p[k])) for k in order],
                                               low_confidence=prob < th["low_confidence"], catalog=catalog,
