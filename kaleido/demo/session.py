@@ -26,18 +26,19 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "kaleido-fashion-v1"
 STATE_NAME = "demo.json"
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
     """A released model folder: a path, or a name under ``models/``."""
-    for path in (Path(name_or_path), REPO / "models" / str(name_or_path)):
+    from kaleido.release import MODELS_DIR, release_candidates
+
+    for path in release_candidates(name_or_path):
         if (path / "dual").is_dir() and (path / "tagger").is_dir():
             return path
     raise FileNotFoundError(f"{name_or_path}: not a released model folder (needs dual/ and tagger/; "
-                            f"released models live in {REPO / 'models'})")
+                            f"released models live in {MODELS_DIR})")
 
 
 def patch_config_of(model: Path):

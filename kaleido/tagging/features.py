@@ -213,10 +213,16 @@ class TagFeatureCache:
         return file
 
 
+def ids_digest(ids: Sequence[str]) -> str:
+    """A short hash of a list of ids (names of cache chunks, keys of tagging jobs)."""
+    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
+
+
 def features_for(products: Sequence[Product], catalog: Catalog, cache: TagFeatureCache,
-                 extractor: "TagFeatureExtractor | None", name: str) -> FeatureRows:
+                 extractor: "TagFeatureExtractor | None") -> FeatureRows:
     """Rows of ``products`` from the cache, the missing ones computed (when an extractor is
-    given) and cached as chunk ``name``. Products still without features end up in ``bad``."""
+    given) and cached as one chunk named by their ids. Products still without features end
+    up in ``bad``."""
     ids = [p.id for p in products]
     have = cache.get(ids)
     missing = [p for p in products if p.id not in have.bad and p.id not in set(have.ids)]
@@ -226,7 +232,7 @@ def features_for(products: Sequence[Product], catalog: Catalog, cache: TagFeatur
                 have.bad[p.id] = "not in the feature cache (and no images to compute it from)"
         else:
             new = extractor.from_products(catalog, missing)
-            cache.put(name, new)
+            cache.put(ids_digest(ids), new)
             have = cache.get(ids)
     return have
 

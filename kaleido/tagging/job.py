@@ -14,13 +14,12 @@ process group is gloo on CPU and NCCL on GPUs (used only for the final barrier).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from kaleido.data.catalog import Catalog
 from kaleido.evaluation.metrics import classification_metrics
-from kaleido.tagging.features import TagFeatureCache, features_for
+from kaleido.tagging.features import TagFeatureCache, features_for, ids_digest
 from kaleido.tagging.tagger import INPUTS, Tagger
 from kaleido.finetune.category import product_label
 
@@ -80,16 +79,12 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _ids_digest(ids) -> str:
-    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
-
-
 def rows_of_chunk(tagger: Tagger, catalog: Catalog, products, cache: TagFeatureCache, cfg: TagJobConfig,
                   split: dict | None = None) -> pd.DataFrame:
     """The output rows of one chunk of products (bad images get a row with the reason)."""
     # the backbone loads only when some product of the chunk is not in the cache
     extractor = tagger.extractor if cfg.compute_missing and any(p.id not in cache for p in products) else None
-    rows = features_for(products, catalog, cache, extractor, _ids_digest([p.id for p in products]))
+    rows = features_for(products, catalog, cache, extractor)
     by_id = {p.id: p for p in products}
     kept = [by_id[i] for i in rows.ids]
     tags = tagger.tag(rows, [p.title for p in kept], cfg.inputs,
@@ -172,9 +167,9 @@ def run_tag_job(catalog: Catalog, model: str | Path, out: str | Path, cache: str
     products = list(catalog)
     ids = [p.id for p in products]
     job = {"model": str(model), "model_fields": tagger.fields, "products": len(products),
-           "catalog_ids": _ids_digest(ids), "inputs": cfg.inputs, "chunk": cfg.chunk, "top_k": cfg.top_k,
+           "catalog_ids": ids_digest(ids), "inputs": cfg.inputs, "chunk": cfg.chunk, "top_k": cfg.top_k,
            "compute_missing": cfg.compute_missing,
-           "split": _ids_digest(sorted(f"{k}={v}" for k, v in split.items())) if split else ""}
+           "split": ids_digest(sorted(f"{k}={v}" for k, v in split.items())) if split else ""}
     _check_job(out, job, rank)
     feature_cache = TagFeatureCache(cache or out / "features", tagger.feature_cfg)
     chunks = [products[i:i + cfg.chunk] for i in range(0, len(products), cfg.chunk)]
@@ -287,7 +282,3 @@ def format_summary(summary: dict) -> str:
                 cells.append(f"{100 * m['accuracy']:.1f} / {100 * m['macro_f1']:.1f}" if m else "-")
             lines.append(f"| {f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def job_config_dict(cfg: TagJobConfig) -> dict:
-    return asdict(cfg)

@@ -96,11 +96,12 @@ class AttributeTagger(nn.Module):
         return self.net(mode)(x)
 
     @torch.no_grad()
-    def predict_proba(self, mode: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Calibrated ``{field: (N, C) probabilities}`` of raw (N, D) inputs."""
+    def predict_proba(self, mode: str, x: np.ndarray, calibrated: bool = True) -> dict[str, np.ndarray]:
+        """``{field: (N, C) probabilities}`` of raw (N, D) inputs (``calibrated=False``: before
+        the temperatures)."""
         self.eval()
         logits = self.logits(mode, torch.from_numpy(np.asarray(x, np.float32)))
-        temps = self.cfg.temperature.get(mode, {})
+        temps = self.cfg.temperature.get(mode, {}) if calibrated else {}
         return {f: torch.softmax(z / temps.get(f, 1.0), -1).numpy() for f, z in logits.items()}
 
     def save_pretrained(self, path: str | Path) -> Path:

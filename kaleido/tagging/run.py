@@ -53,9 +53,7 @@ def split_features(catalog: Catalog, products, cache: TagFeatureCache, extractor
     with tqdm(total=len(products), desc=desc, unit="product") as bar:
         for start in range(0, len(products), chunk):
             block = products[start:start + chunk]
-            from kaleido.tagging.job import _ids_digest
-
-            rows = features_for(block, catalog, cache, extractor, _ids_digest([p.id for p in block]))
+            rows = features_for(block, catalog, cache, extractor)
             parts.append(rows)
             bad.update(rows.bad)
             bar.update(len(block))

@@ -57,9 +57,10 @@ class Tags:
 
 def resolve_tagger_path(name_or_path: str | Path) -> Path:
     """A tagger folder, or the ``tagger/`` of a released model in ``models/<name>``."""
-    path = Path(name_or_path)
-    candidates = [path, path / "tagger", Path(__file__).resolve().parents[2] / "models" / str(name_or_path) / "tagger"]
-    for c in candidates:
+    from kaleido.release import release_candidates
+
+    path, release = release_candidates(name_or_path)
+    for c in (path, path / "tagger", release / "tagger"):
         if (c / "config.json").is_file():
             return c
     raise FileNotFoundError(f"{name_or_path}: not a tagger folder (no config.json; `kaleido tagger train "

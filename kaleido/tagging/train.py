@@ -141,8 +141,7 @@ def evaluate_tagger(model: AttributeTagger, data: dict, mode: str) -> dict:
     """Per field: accuracy, macro-F1 (over products with a label; labels the tagger never saw
     count as errors, ``unseen``), ECE of the calibrated probabilities and of the raw ones."""
     x = AttributeTagger.inputs(mode, data["image"], data["colour"], data.get("text"))
-    probs = model.predict_proba(mode, x)
-    temps = model.cfg.temperature.get(mode, {})
+    probs, raw_probs = model.predict_proba(mode, x), model.predict_proba(mode, x, calibrated=False)
     out = {}
     for f in model.cfg.fields:
         truth = np.array(data["labels"][f], dtype=object)
@@ -153,21 +152,13 @@ def evaluate_tagger(model: AttributeTagger, data: dict, mode: str) -> dict:
         prob = probs[f][has]
         pred = names[prob.argmax(1)]
         correct = pred == truth[has]
-        raw = _sharpen(prob, temps.get(f, 1.0))
+        raw = raw_probs[f][has]
         out[f] = {**classification_metrics(list(truth[has]), list(pred)),
                   "unseen": int(sum(t not in set(names) for t in truth[has])),
                   "ece": expected_calibration_error(prob.max(1), correct),
                   "ece_uncalibrated": expected_calibration_error(raw.max(1), correct)}
         out[f].pop("classes", None)
     return out
-
-
-def _sharpen(prob: np.ndarray, temperature: float) -> np.ndarray:
-    """Undo a temperature: softmax(log p * T) is softmax(logits) again."""
-    z = np.log(np.clip(prob, 1e-12, 1)) * temperature
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def reference_rows(train: dict, test: dict, fields: list[str], max_iter: int = 2000) -> dict:
