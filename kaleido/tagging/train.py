@@ -109,7 +109,7 @@ def train_tagger(train: dict, val: dict, fields: list[str], feature_cfg: dict,
         torch.set_num_threads(cfg.threads)
     labels = {f: sorted(set(train["labels"][f]) - {""}) for f in fields}
     tcfg = TaggerConfig(fields=list(fields), labels=labels, image_dim=train["image"].shape[1],
-                        colour_dim=train["colour"].shape[1], text_dim=train["text"].shape[1],
+                        colour_dim=train["colour"].shape[1], text_dim=train["text"].shape[1] if "text" in train else 0,
                         hidden=cfg.hidden, dropout=cfg.dropout, input_dropout=cfg.input_dropout,
                         modes=list(modes), features=dict(feature_cfg))
     model = AttributeTagger(tcfg)
