@@ -40,24 +40,14 @@ demo: $(STAMP)
 	KALEIDO_DEMO_RUN=$(DEMO) KALEIDO_TAG_FOLDERS=$(CATALOG) $(PY) -m streamlit run app/streamlit_app.py \
 		--server.address $(DEMO_ADDRESS) --server.port $(DEMO_PORT)
 
-# Every pipeline stage on the bundled sample at a demo budget (pictures in $(STAGES)/); not a set-up command.
+# Every pipeline stage on the bundled sample at a demo budget (`kaleido pipeline --config demo`),
+# then the pictures of each stage in $(STAGES)/; not a set-up command.
 stages: $(STAMP)
-	$(K) data inspect data/sample --json $(STAGES)/inspect.json
-	$(K) data split data/sample --out $(STAGES)/split
+	$(K) pipeline --catalog data/sample --out $(STAGES) --config demo
 	$(K) saliency predict $(DEMO_IMAGES) --out $(STAGES)/saliency
 	$(K) patches show $(DEMO_IMAGES) --out $(STAGES)/patches
-	$(K) patches extract --catalog data/sample --out $(STAGES)/cache
-	$(K) sat train --catalog data/sample --split-file $(STAGES)/split --out $(STAGES)/sat --config default batch_size=16 epochs=15
 	$(K) sat caption $(DEMO_IMAGES) --model $(STAGES)/sat --out $(STAGES)/sat/pictures
-	$(K) align build --catalog data/sample --cache $(STAGES)/cache --sat $(STAGES)/sat
 	$(K) align show 10047 --catalog data/sample --cache $(STAGES)/cache --out $(STAGES)/align_10047.png
-	$(K) align measure --catalog data/sample --cache $(STAGES)/cache --split-file $(STAGES)/split --split test
-	$(K) pretrain --catalog data/sample --cache $(STAGES)/cache --split-file $(STAGES)/split --out $(STAGES)/pretrain train.max_steps=60 train.batch_size=16
-	for task in retrieval category caption; do \
-		$(K) finetune $$task --from $(STAGES)/pretrain/final --catalog data/sample --cache $(STAGES)/cache \
-			--split-file $(STAGES)/split --out $(STAGES)/finetune/$$task train.max_steps=40 || exit 1; done
-	$(K) eval --checkpoint $(STAGES)/finetune --catalog data/sample --cache $(STAGES)/cache --split-file $(STAGES)/split \
-		--split test --json $(STAGES)/eval.json kb101.queries=30 kb101.negatives=20 kb101.draws=2 full_catalog=30
 
 test: $(STAMP)
 	$(PY) -m pytest -q

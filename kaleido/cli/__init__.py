@@ -8,10 +8,12 @@ import sys
 
 from ..config import ConfigError
 from ..data import CatalogError
-from . import ablate, align, baseline, data, demo, dual, evaluate, finetune, index, patches, pretrain, saliency, sat, tag
+from . import (ablate, align, baseline, data, demo, dual, evaluate, finetune, index, patches, pipeline, pretrain,
+               saliency, sat, tag)
 
 #: Stage modules; each has ``register(subparsers)`` and sets ``func`` on its parsers.
-COMMANDS = (data, saliency, patches, sat, align, pretrain, finetune, evaluate, ablate, baseline, dual, index, tag, demo)
+COMMANDS = (data, saliency, patches, sat, align, pretrain, finetune, evaluate, ablate, baseline, dual, index, tag, demo,
+            pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,17 +41,22 @@ def cmd_eval(args) -> int:
     name = args.name or args.checkpoint.name
     if "retrieval" in result:
         r = result["retrieval"]
-        systems = {name: r}
+        systems = {name: r} if "ITR" in r else {}
+        if "prior" in r:
+            systems = {"linear reference (same draws)": r["prior"], **systems}
         if "fused" in r:
-            systems = {"linear reference (same draws)": r["prior"], name: r,
-                       f"{name} ITM + {r['fused']['prior_weight']:g} x linear reference": r["fused"]}
+            systems[f"{name} ITM + {r['fused']['prior_weight']:g} x linear reference"] = r["fused"]
         if "dual" in r:
-            systems = {**systems, "dual encoder (same draws)": r["dual"],
-                       f"dual encoder top {r['two_stage']['rerank_k']} + {name} ITM": r["two_stage"]}
+            k = r["two_stage"]["rerank_k"]
+            systems = {**systems, "first stage (same draws)": r["dual"],
+                       f"first stage top {k} + {name} ITM": r["two_stage"]}
+            for w, fused in r.get("two_stage_fused", {}).items():
+                systems[f"first stage top {k}, its logit + {w:g} x {name} ITM"] = fused
         print(f"\nTable 2 (KB-101 retrieval; {r['sampling']})\n" + format_table2(systems, with_std=True))
-        if "full_catalog" in r:
-            print(f"\nFull-catalog retrieval ({r['full_catalog']['products']} products; any same-title "
-                  f"product is a hit)\n" + format_full_catalog({k: v["full_catalog"] for k, v in systems.items()}))
+        full = {k: v["full_catalog"] for k, v in systems.items() if "full_catalog" in v}
+        if full:
+            print(f"\nFull-catalog retrieval ({next(iter(full.values()))['products']} products; any same-title "
+                  f"product is a hit)\n" + format_full_catalog(full))
         itm = r["itm"]
         print(f"\nITM accuracy on clean pairs, 1 positive + 1 same-subcategory negative per product "
               f"({itm['pairs']} pairs): {itm['accuracy']:.3f} (positives {itm['positive_accuracy']:.3f}, "

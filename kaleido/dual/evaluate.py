@@ -53,6 +53,7 @@ class DualScores:
         model, processor = load_dual(model_path, device)
         self.image = embed_products(model, processor, cache, [p.id for p in products], batch_size, progress=True)
         self.text = embed_texts(model, processor, [p.title for p in products], batch_size * 2, progress=True)
+        self.scale = float(model.scale().detach())  # inverse temperature: logit = scale x cosine
 
     def score(self, images, texts, block: int = 1 << 16) -> np.ndarray:
         images, texts = np.asarray(images), np.asarray(texts)

@@ -45,10 +45,18 @@ class EvalConfig:
     caption_beam: int = 0        # caption beam width (0 = the checkpoint's own)
     meteor: bool = True          # METEOR needs Java; reported as unavailable without it
     device: str = "auto"         # auto | cpu | cuda
-    prior: str = ""              # a `kaleido baseline linear-probe` run: also rank by it and by ITM + it
+    prior: str = ""              # a `kaleido baseline linear-probe` run: also rank by it (and, exhaustive, by ITM + it)
     prior_weight: float = 1.0    # fused score = ITM log-odds + prior_weight x the reference's logit
-    dual: str = ""               # a `kaleido dual train` RUN/final: also the dual encoder and the two-stage system
-    rerank_k: int = 10           # two-stage: candidates of the dual encoder re-ranked by ITM, per query
+    # the first stage (a `kaleido dual train` RUN/final, or a linear-probe run): also ranks by it
+    # alone and by the two-stage system (its top rerank_k re-ordered by ITM)
+    dual: str = ""
+    rerank_k: int = 10           # two-stage: candidates of the first stage re-ranked, per query
+    # two-stage fused systems: the first stage's top rerank_k re-ordered by its logit + w x ITM
+    # log-odds, one system per weight w (choose w on the val split, report it on test)
+    fusion_weights: list[float] = field(default_factory=list)
+    # score every KB-101 and full-catalog pair by ITM (the single-stream system alone: Q x N
+    # forward passes); false: only the pairs the two-stage systems re-rank (needs dual=)
+    exhaustive: bool = True
 
 
 def retrieval_task(path: str | Path) -> RetrievalTask:
@@ -116,10 +124,15 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig, 
     ranked by the linear reference alone (``result["prior"]``) and by the sum of the ITM
     log-odds and ``cfg.prior_weight`` x the reference's logit (``result["fused"]``).
 
-    With ``cfg.dual`` (a dual encoder; needs ``cache``), the same draws are ranked by the dual
-    encoder alone (``result["dual"]``) and by the two-stage system (``result["two_stage"]``:
-    the dual encoder's top ``cfg.rerank_k`` candidates of each query re-ranked by ITM, the
-    rest below them in the dual encoder's order; see :mod:`kaleido.evaluation.two_stage`).
+    With ``cfg.dual`` (a first stage: a dual encoder, which needs ``cache``, or a linear-probe
+    run), the same draws are ranked by the first stage alone (``result["dual"]``), by the
+    two-stage system (``result["two_stage"]``: the first stage's top ``cfg.rerank_k`` candidates
+    of each query re-ranked by ITM, the rest below them in the first stage's order; see
+    :mod:`kaleido.evaluation.two_stage`) and, per weight w of ``cfg.fusion_weights``, by the
+    fused two-stage system (``result["two_stage_fused"][w]``: the top ``rerank_k`` re-ordered by
+    the first stage's logit + w x ITM log-odds). With ``cfg.exhaustive=False`` only those
+    re-ranked pairs are scored by ITM (Q x rerank_k instead of Q x N passes) and the
+    single-stream-only rows are left out.
     """
     device = resolve_device(cfg.device)
     scorer = PairScorer(task, pairs, cfg.score_batch_size, device, quantize=cfg.quantize,
@@ -127,14 +140,19 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig, 
     products = pairs.products
     draws = sample_kb101([p.subcategory or "" for p in products], [p.category or "" for p in products],
                          cfg.kb101, titles=[p.title for p in products])
-    needed_i, needed_t = [], []
-    for d in draws:
-        q = np.repeat(d.queries[:, None], d.candidates.shape[1], 1)
-        needed_i += [q.ravel(), d.candidates.ravel()]   # ITR: image q with text c; TIR: image c with text q
-        needed_t += [d.candidates.ravel(), q.ravel()]
-    scorer.prepare(np.concatenate(needed_i), np.concatenate(needed_t), desc="KB-101 pairs")
-    # KB-101 pairs are kept (the fused ranking reuses them); full-catalog chunks are not
-    result = retrieval_figures(scorer.score, products, draws, cfg.full_catalog, scorer.score_transient)
+    if not cfg.exhaustive and not cfg.dual:
+        raise ValueError("exhaustive=false scores only the pairs a first stage recalls; set dual=PATH")
+    if cfg.exhaustive:
+        needed_i, needed_t = [], []
+        for d in draws:
+            q = np.repeat(d.queries[:, None], d.candidates.shape[1], 1)
+            needed_i += [q.ravel(), d.candidates.ravel()]   # ITR: image q with text c; TIR: image c with text q
+            needed_t += [d.candidates.ravel(), q.ravel()]
+        scorer.prepare(np.concatenate(needed_i), np.concatenate(needed_t), desc="KB-101 pairs")
+        # KB-101 pairs are kept (the fused ranking reuses them); full-catalog chunks are not
+        result = retrieval_figures(scorer.score, products, draws, cfg.full_catalog, scorer.score_transient)
+    else:
+        result = {}
     result["sampling"] = describe(draws)
     result["filled_from_category"] = int(sum(d.filled_from_category for d in draws))
     result["filled_from_any"] = int(sum(d.filled_from_any for d in draws))
@@ -146,6 +164,7 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig, 
         prior = ProbePrior(cfg.prior, products)
         w = cfg.prior_weight
         result["prior"] = retrieval_figures(prior.score, products, draws, cfg.full_catalog)
+    if cfg.prior and cfg.exhaustive:  # the fusion needs ITM on every pair
         result["fused"] = retrieval_figures(lambda i, t: scorer.score(i, t) + w * prior.score(i, t),
                                             products, draws, cfg.full_catalog,
                                             lambda i, t: scorer.score_transient(i, t) + w * prior.score(i, t))
@@ -157,24 +176,34 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig, 
 
 
 def _dual_systems(scorer: PairScorer, products, draws, cache, cfg: EvalConfig) -> dict:
-    """The dual encoder and the two-stage system on the same draws and full-catalog products."""
-    from kaleido.dual.evaluate import DualScores
+    """The first stage alone, the two-stage system (its top ``rerank_k`` re-ordered by ITM) and
+    one fused two-stage system per ``cfg.fusion_weights`` (re-ordered by the first stage's logit
+    + w x ITM log-odds), on the same draws and full-catalog products. Only the re-ranked pairs
+    are scored by ITM; they are kept, so every weight reuses them."""
     from kaleido.evaluation.two_stage import two_stage_full_catalog, two_stage_rows
+    from kaleido.first_stage import load_first_stage
 
-    if cache is None:
-        raise ValueError("dual= needs the products' feature cache")
-    dual = DualScores(cfg.dual, products, cache, device=cfg.device)
-    out = {"dual": retrieval_figures(dual.score, products, draws, cfg.full_catalog)}
+    stage = load_first_stage(cfg.dual, products, cache, device=cfg.device)
     k = cfg.rerank_k
-    two = retrieval_figures(lambda i, t: two_stage_rows(dual.score(i, t), scorer.score, i, t, k),
-                            products, draws, 0)
     n = min(cfg.full_catalog, len(products))
-    if n >= 2:
-        full = two_stage_full_catalog(dual.image[:n], dual.text[:n], scorer.score_transient, k,
-                                      groups=title_codes([p.title for p in products[:n]]))
-        two["full_catalog"] = {"products": n, **full}
-    two["rerank_k"] = k
-    out["two_stage"] = two
+    groups = title_codes([p.title for p in products[:n]]) if n >= 2 else None
+    out = {"dual": retrieval_figures(stage.score, products, draws, cfg.full_catalog),
+           "first_stage": stage.source}
+
+    def system(second) -> dict:
+        figures = retrieval_figures(lambda i, t: two_stage_rows(stage.score(i, t), second, i, t, k),
+                                    products, draws, 0)
+        if n >= 2:
+            full = two_stage_full_catalog(stage.image[:n], stage.text[:n], second, k, groups=groups)
+            figures["full_catalog"] = {"products": n, **full}
+        figures["rerank_k"] = k
+        return figures
+
+    out["two_stage"] = system(scorer.score)
+    out["two_stage_fused"] = {}
+    for w in cfg.fusion_weights:
+        out["two_stage_fused"][float(w)] = {**system(lambda i, t, w=w: stage.score(i, t) + w * scorer.score(i, t)),
+                                  "fusion_weight": float(w)}
     return out
 
 

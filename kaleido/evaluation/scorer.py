@@ -220,7 +220,7 @@ def match_logodds(task: RetrievalTask, input_ids: torch.Tensor, attention_mask: 
     keys[:, :input_ids.shape[1]] = attention_mask.bool()
     additive = torch.zeros(keys.shape, dtype=x.dtype, device=x.device)
     additive = additive.masked_fill(~keys, torch.finfo(x.dtype).min)[:, None, None]  # (B, 1, 1, T+P)
-    cls_only = model.config.pooling == "cls"
+    cls_only = model.config.pooling == "cls" and task.itm.interaction is None
     layers = model.encoder.layer
     for layer in layers[:-1] if cls_only else layers:
         x = layer(x, additive)                                         # transformers 5: a tensor
@@ -228,9 +228,9 @@ def match_logodds(task: RetrievalTask, input_ids: torch.Tensor, attention_mask: 
         x = _cls_layer(layers[-1], x, additive)                       # (B, 1, H)
         pooled = model.pooler(x)
     else:
-        pooled = masked_mean(x, keys)
+        pooled = model.pooler(x) if model.config.pooling == "cls" else masked_mean(x, keys)
     # with cls pooling the hidden states are the [CLS] one alone: the ITM head reads only ``pooled``
-    out = KaleidoBertOutput(last_hidden_state=x, pooled=pooled, text_length=input_ids.shape[1])
+    out = KaleidoBertOutput(last_hidden_state=x, pooled=pooled, text_length=input_ids.shape[1], keys=keys)
     logits = task.itm.logits(out).float()
     return logits[:, 1] - logits[:, 0]
 

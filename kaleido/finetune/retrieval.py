@@ -28,6 +28,7 @@ from kaleido.pretrain.heads import ITCHead, ITMHead
 from kaleido.pretrain.task import pretrained_head_state
 
 LOSSES = ("bce", "softmax", "triplet")
+MINING = ("dataset", "itc", "first_stage")
 
 
 @dataclass
@@ -44,8 +45,21 @@ class RetrievalConfig:
     # batch holds true pairs only, and the negatives are mined in the batch from the image-text
     # contrastive head's similarities (softmax-weighted in training, the hardest in validation,
     # never a same-title twin); the ITC head (from pre-training when it had one) trains alongside
+    # "first_stage": negatives sampled in proportion to the softmax of an aligned contrastive
+    # model's logits (``first_stage``: a dual encoder RUN/final or a linear-probe run) over each
+    # product's ``mining_pool`` most similar other products (never a same-title twin): ALBEF's
+    # "align before fuse", with the alignment of the model that recalls the candidates ITM re-orders
     mining: str = "dataset"
     itc_weight: float = 1.0      # mining=itc: weight of the ITC loss beside the retrieval loss
+    first_stage: str = ""        # mining=first_stage: the aligned model's folder
+    mining_pool: int = 32        # mining=first_stage: candidates kept per product
+    mining_temperature: float = 1.0  # mining=first_stage: softmax(logit / T) over the pool (> 1 flattens)
+    # learning-rate factor of the pre-trained transformer layers and text embeddings; the patch
+    # embeddings and the heads, which start far from where they end, keep the full rate
+    encoder_lr_scale: float = 1.0
+    # the ITM head also reads the product of the mean text and mean patch hidden states
+    # (kaleido.pretrain.heads.ITMHead: a bilinear term the additive pooled state lacks)
+    itm_interaction: bool = False
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -54,8 +68,13 @@ class RetrievalConfig:
             raise ValueError(f"retrieval hard_ratio must lie in [0, 1], not {self.hard_ratio}")
         if self.text_negatives + self.image_negatives < 1:
             raise ValueError("retrieval needs at least one negative per item")
-        if self.mining not in ("dataset", "itc"):
-            raise ValueError(f"retrieval mining must be dataset or itc, not {self.mining!r}")
+        if self.mining not in MINING:
+            raise ValueError(f"retrieval mining must be one of {MINING}, not {self.mining!r}")
+        if self.mining == "first_stage" and not self.first_stage:
+            raise ValueError("retrieval.mining=first_stage needs retrieval.first_stage=PATH (a `kaleido dual "
+                             "train` RUN/final or a `kaleido baseline linear-probe` run)")
+        if self.mining_pool < 1 or self.mining_temperature <= 0:
+            raise ValueError("retrieval.mining_pool must be >= 1 and retrieval.mining_temperature > 0")
 
 
 class RetrievalDataset(Dataset):
@@ -68,6 +87,14 @@ class RetrievalDataset(Dataset):
                                     np.array([p.category or "" for p in products]))
         self.any = NegativeSampler(np.zeros(len(products), dtype=int), np.zeros(len(products), dtype=int))
         self.hard_ratio = cfg.hard_ratio if cfg.hard_negatives else 0.0
+        self.mined = None
+        if cfg.mining == "first_stage":
+            from kaleido.first_stage import load_first_stage
+
+            stage = load_first_stage(cfg.first_stage, products, pairs.cache)
+            titles = [p.title for p in products]
+            self.mined = {"texts": stage.pool(cfg.mining_pool, titles, "texts"),
+                          "images": stage.pool(cfg.mining_pool, titles, "images")}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -91,12 +118,29 @@ class RetrievalDataset(Dataset):
             out.append(self._negative(i, rng))
         return out
 
+    def _mined(self, i: int, k: int, direction: str, rng) -> list[int]:
+        """``k`` distinct negatives of product ``i`` from its first-stage pool, drawn in
+        proportion to ``softmax(logit / T)``."""
+        index, logits = self.mined[direction]
+        valid = np.isfinite(logits[i])
+        cand, z = index[i][valid], logits[i][valid] / self.cfg.mining_temperature
+        if not len(cand):  # every other product shares the title: any product
+            return [self.any.sample(i, rng) for _ in range(k)]
+        p = np.exp(z - z.max())
+        pick = rng.choice(len(cand), size=min(k, len(cand)), replace=False, p=p / p.sum())
+        out = cand[pick].tolist()
+        return out + [int(cand[rng.integers(len(cand))]) for _ in range(k - len(out))]
+
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if self.cfg.mining == "itc":  # the negatives are mined in the batch by the task
             return {"images": np.array([i]), "texts": np.array([i])}
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        texts = self._others(i, self.cfg.text_negatives, rng)
-        images = self._others(i, self.cfg.image_negatives, rng)
+        if self.mined is not None:
+            texts = self._mined(i, self.cfg.text_negatives, "texts", rng)
+            images = self._mined(i, self.cfg.image_negatives, "images", rng)
+        else:
+            texts = self._others(i, self.cfg.text_negatives, rng)
+            images = self._others(i, self.cfg.image_negatives, rng)
         return {"images": np.array([i] + [i] * len(texts) + images),
                 "texts": np.array([i] + texts + [i] * len(images))}
 
@@ -125,14 +169,23 @@ class RetrievalTask(FinetuneTask):
 
     def __init__(self, model: KaleidoBertModel, cfg: RetrievalConfig):
         super().__init__(model, cfg)
-        self.itm = ITMHead(model.config)
+        self.itm = ITMHead(model.config, interaction=cfg.itm_interaction)
         self.itc = ITCHead(model.config) if cfg.mining == "itc" else None
+
+    def lr_scales(self) -> dict[str, float]:
+        """``{parameter prefix: learning-rate factor}`` for the shared loop's param groups."""
+        if self.cfg.encoder_lr_scale == 1.0:
+            return {}
+        return {"model.encoder.": self.cfg.encoder_lr_scale, "model.embeddings.": self.cfg.encoder_lr_scale}
 
     def init_from_pretraining(self, path: str | Path) -> bool:
         """Start from the pre-trained ITM (and ITC) heads saved beside ``path`` (when there are)."""
         state = pretrained_head_state(path, "itm")
-        if state:
-            self.itm.load_state_dict(state)
+        if state:  # a pre-trained head has no interaction term: that part starts fresh
+            missing, unexpected = self.itm.load_state_dict(state, strict=False)
+            if unexpected or any(not k.startswith("interaction.") for k in missing):
+                raise ValueError(f"{path}: pre-trained ITM head does not fit (missing {missing}, "
+                                 f"unexpected {unexpected})")
         itc = pretrained_head_state(path, "itc")
         if self.itc is not None and itc:
             self.itc.load_state_dict(itc)

@@ -34,6 +34,14 @@ class KaleidoBertOutput:
     last_hidden_state: torch.Tensor  # (B, T + P, H)
     pooled: torch.Tensor             # (B, H): tanh(FC(hidden of [CLS])), or the masked mean (config.pooling)
     text_length: int
+    keys: torch.Tensor | None = None  # (B, T + P) bool: the real positions (not padding)
+
+    def modality_means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H), (B, H): the mean hidden state of the real text tokens and of the real patches."""
+        keys = self.keys if self.keys is not None else torch.ones(
+            self.last_hidden_state.shape[:2], dtype=torch.bool, device=self.last_hidden_state.device)
+        t = self.text_length
+        return masked_mean(self.text_hidden, keys[:, :t]), masked_mean(self.patch_hidden, keys[:, t:])
 
     @property
     def text_hidden(self) -> torch.Tensor:
@@ -148,7 +156,7 @@ class KaleidoBertModel(nn.Module):
             allowed = allowed & (pattern[:, None] if pattern.dim() == 3 else pattern[None, None])
         hidden = self._encode(x, allowed)
         pooled = masked_mean(hidden, keys) if self.config.pooling == "mean" else self.pooler(hidden)
-        return KaleidoBertOutput(last_hidden_state=hidden, pooled=pooled, text_length=t)
+        return KaleidoBertOutput(last_hidden_state=hidden, pooled=pooled, text_length=t, keys=keys)
 
     def _encode(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         additive = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)

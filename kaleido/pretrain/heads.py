@@ -65,16 +65,29 @@ class AMLMHead(nn.Module):
 
 
 class ITMHead(nn.Module):
-    """Image-text matching from the pooled [CLS]: 1 = the text belongs to the image."""
+    """Image-text matching from the pooled output: 1 = the text belongs to the image.
+
+    With ``interaction=True`` the logits also read the elementwise product of the mean text
+    and the mean patch hidden states. Until cross-modal attention forms, the pooled state is
+    close to a sum of a text part and an image part, and an additive score cannot tell a
+    true pair from a negative that shares its image or its text (the 1-in-G softmax of
+    retrieval fine-tuning gives it no gradient: the loss stays at ln G); the product is a
+    bilinear text-image term from the first step.
+    """
 
     name = "itm"
 
-    def __init__(self, cfg: KaleidoBertConfig):
+    def __init__(self, cfg: KaleidoBertConfig, interaction: bool = False):
         super().__init__()
         self.classifier = nn.Linear(cfg.hidden_size, 2)
+        self.interaction = nn.Linear(cfg.hidden_size, 2) if interaction else None
 
     def logits(self, out: KaleidoBertOutput) -> torch.Tensor:
-        return self.classifier(out.pooled)                             # (B, 2)
+        logits = self.classifier(out.pooled)                           # (B, 2)
+        if self.interaction is not None:
+            text, patches = out.modality_means()                       # (B, H) each
+            logits = logits + self.interaction(text * patches)
+        return logits
 
     def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.logits(out)

@@ -1,0 +1,89 @@
+"""The settings of ``kaleido pipeline``: which stages run, and each stage's preset and overrides.
+
+Each stage is one ``kaleido`` command with its own documented config (``kaleido pretrain``'s
+``PretrainConfig``, ...), so the pipeline does not copy those fields: a stage carries the
+preset name its command takes (``--config``) and a list of ``key=value`` overrides for it.
+On the command line a dotted override that starts with a stage name goes to that stage::
+
+    kaleido pipeline --catalog C --out RUN --config demo pretrain.train.max_steps=60 finetune.tasks=[retrieval]
+
+``<stage>.config``, ``<stage>.enabled`` and ``finetune.tasks`` are the pipeline's own keys;
+any other ``<stage>.<key>=<value>`` is appended to that stage's overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from kaleido.config import ConfigError
+
+TASKS = ("retrieval", "category", "caption")
+
+
+@dataclass
+class StageSettings:
+    """One stage: its command's preset (``""`` = the command's default) and overrides."""
+
+    enabled: bool = True
+    config: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FinetuneSettings(StageSettings):
+    """The fine-tuning stages: one run per task, all from the pre-training run's ``final/``."""
+
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+
+    def __post_init__(self):
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ConfigError(f"finetune.tasks: unknown task(s) {sorted(unknown)}; choose from {TASKS}")
+
+
+@dataclass
+class PipelineConfig:
+    """Every stage of ``kaleido pipeline``, in the order they run.
+
+    ``split`` (``kaleido data split``), ``patches`` (saliency + kaleido patches: ``kaleido
+    patches extract``), ``sat`` (the captioner), ``align`` (token-patch alignments),
+    ``pretrain``, ``finetune`` (retrieval, category, caption), ``dual`` (the search dual
+    encoder), ``index`` (its FAISS index of the catalog) and ``eval`` (Tables 2 and 3 on the
+    test split with the two-stage systems, and the dual encoder's own evaluation).
+    """
+
+    split: StageSettings = field(default_factory=StageSettings)
+    patches: StageSettings = field(default_factory=StageSettings)
+    sat: StageSettings = field(default_factory=StageSettings)
+    align: StageSettings = field(default_factory=StageSettings)
+    pretrain: StageSettings = field(default_factory=StageSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    dual: StageSettings = field(default_factory=StageSettings)
+    index: StageSettings = field(default_factory=StageSettings)
+    eval: StageSettings = field(default_factory=StageSettings)
+
+
+SECTIONS = ("split", "patches", "sat", "align", "pretrain", "finetune", "dual", "index", "eval")
+OWN_KEYS = ("enabled", "config", "overrides", "tasks")
+
+
+def route_overrides(items: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Split command-line overrides into the pipeline's own and the stages' ones.
+
+    Returns:
+        ``(pipeline overrides, {stage: [overrides for its command]})``.
+    """
+    own: list[str] = []
+    stages: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, _, rest = key.partition(".")
+        if not sep or section not in SECTIONS or not rest:
+            raise ConfigError(f"pipeline override {item!r}: expected <stage>.<key>=<value> with a stage "
+                              f"among {', '.join(SECTIONS)}")
+        if rest in OWN_KEYS:
+            own.append(item)
+        else:
+            stages.setdefault(section, []).append(f"{rest}={value}")
+    return own, stages

@@ -1,0 +1,159 @@
+"""The stages of ``kaleido pipeline``: the ``kaleido`` command lines each one runs, where its
+outputs land inside the run folder, and the headline figures read back from them.
+
+Every command is resumable on its own (cache shards, training checkpoints, the alignment
+store, index chunks), so the pipeline only has to run them in order and remember which
+finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from kaleido.pipeline.config import PipelineConfig, StageSettings
+
+
+@dataclass
+class Stage:
+    """One step: ``commands`` (argv lists for ``kaleido``) run in order; ``headline`` reads its
+    figures once they have all succeeded."""
+
+    name: str
+    commands: list[list[str]]
+    outputs: dict[str, str]
+    headline: Callable[[], dict] = field(default=lambda: {}, repr=False)
+
+
+def _preset(settings: StageSettings) -> list[str]:
+    return ["--config", settings.config] if settings.config else []
+
+
+def _last_row(path: Path, prefix: str = "") -> dict:
+    """The last row of a ``log.csv`` that has any column starting with ``prefix`` (numbers)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if any(k.startswith(prefix) and v for k, v in r.items())]
+    if not rows:
+        return {}
+    out = {}
+    for k, v in rows[-1].items():
+        if k.startswith(prefix) and v not in ("", None):
+            try:
+                out[k] = round(float(v), 4)
+            except ValueError:
+                pass
+    return out
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _split_headline(run: Path) -> dict:
+    return {"products": _json(run / "split" / "split.json").get("counts", {})}
+
+
+def _cache_headline(run: Path) -> dict:
+    from kaleido.patches.cache import FeatureCache
+
+    cache = FeatureCache(run / "cache")
+    skipped = sum(len(_json(f).get("skipped", [])) for f in (run / "cache").glob("shard-*/ids.json"))
+    return {"products": len(cache), "skipped": skipped}
+
+
+def _align_headline(run: Path) -> dict:
+    from kaleido.alignment.store import ALIGNMENTS_FILE
+
+    path = run / "cache" / ALIGNMENTS_FILE
+    return {"products": sum(1 for _ in path.open()) if path.is_file() else 0}
+
+
+def _index_headline(index: Path) -> dict:
+    from kaleido.search.index import INFO_NAME
+
+    info = _json(index / INFO_NAME)
+    return {"products": info.get("count"), "kind": info.get("kind")}
+
+
+def _eval_headline(run: Path) -> dict:
+    out: dict = {}
+    test = _json(run / "eval" / "test.json")
+    r = test.get("retrieval", {})
+    if "dual" in r:
+        out["dual SumR"] = round(r["dual"]["SumR"], 1)
+        out["two-stage SumR"] = round(r["two_stage"]["SumR"], 1)
+        for w, fused in r.get("two_stage_fused", {}).items():
+            out[f"fused w={float(w):g} SumR"] = round(fused["SumR"], 1)
+    if "itm" in r:
+        out["ITM accuracy"] = round(r["itm"]["accuracy"], 3)
+    for target in ("category", "subcategory"):
+        if target in test:
+            out[f"{target} accuracy"] = round(test[target]["accuracy"], 4)
+    caption = test.get("caption", {}).get("scores", {})
+    for metric in ("BLEU-4", "CIDEr"):
+        if metric in caption:
+            out[metric] = round(caption[metric], 4)
+    return out
+
+
+def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> list[Stage]:
+    """The enabled stages of ``cfg`` for a catalog (``--catalog C [--columns ...]`` argv) and a
+    run folder, in order."""
+    run = Path(run)
+    split, cache = str(run / "split"), str(run / "cache")
+    data = ["--cache", cache, "--split-file", split]
+    stages: list[Stage] = []
+
+    def add(settings: StageSettings, stage: Stage) -> None:
+        if settings.enabled:
+            stages.append(stage)
+
+    catalog = catalog_args[1]  # `data split` takes the catalog as a positional argument
+    add(cfg.split, Stage("split", [["data", "split", catalog, *catalog_args[2:], "--out", split,
+                                    *_preset(cfg.split), *cfg.split.overrides]],
+                         {"split": split}, lambda: _split_headline(run)))
+    add(cfg.patches, Stage("patches", [["patches", "extract", *catalog_args, "--out", cache,
+                                        *_preset(cfg.patches), *cfg.patches.overrides]],
+                           {"cache": cache}, lambda: _cache_headline(run)))
+    add(cfg.sat, Stage("sat", [["sat", "train", *catalog_args, "--split-file", split, "--out", str(run / "sat"),
+                                *_preset(cfg.sat), *cfg.sat.overrides]],
+                       {"sat": str(run / "sat")}, lambda: _last_row(run / "sat" / "log.csv", "val")))
+    add(cfg.align, Stage("align", [["align", "build", *catalog_args, "--cache", cache, "--sat", str(run / "sat"),
+                                    *cfg.align.overrides]],
+                         {"alignments": cache}, lambda: _align_headline(run)))
+    pre = run / "pretrain"
+    add(cfg.pretrain, Stage("pretrain", [["pretrain", *catalog_args, *data, "--out", str(pre),
+                                          *_preset(cfg.pretrain), *cfg.pretrain.overrides]],
+                            {"model": str(pre / "final")}, lambda: _last_row(pre / "log.csv", "val_")))
+    if cfg.finetune.enabled:
+        for task in cfg.finetune.tasks:
+            out = run / "finetune" / task
+            stages.append(Stage(f"finetune-{task}",
+                                [["finetune", task, "--from", str(pre / "final"), *catalog_args, *data,
+                                  "--out", str(out), *_preset(cfg.finetune), *cfg.finetune.overrides]],
+                                {"model": str(out / "final")},
+                                lambda out=out: _last_row(out / "log.csv", "val_")))
+    dual = run / "dual"
+    add(cfg.dual, Stage("dual", [["dual", "train", *catalog_args, *data, "--out", str(dual),
+                                  *_preset(cfg.dual), *cfg.dual.overrides]],
+                        {"model": str(dual / "final")}, lambda: _last_row(dual / "log.csv", "val_")))
+    index = run / "index"
+    add(cfg.index, Stage("index", [["index", "build", *catalog_args, "--cache", cache, "--model", str(dual / "final"),
+                                    "--out", str(index), *cfg.index.overrides]],
+                         {"index": str(index)}, lambda: _index_headline(index)))
+    if cfg.eval.enabled:
+        ev = run / "eval"
+        two_stage = [f"dual={dual / 'final'}"] if cfg.dual.enabled else []
+        commands = [["eval", "--checkpoint", str(run / "finetune"), *catalog_args, *data, "--split", "test",
+                     "--name", "Kaleido-BERT", "--json", str(ev / "test.json"), *two_stage, *cfg.eval.overrides]]
+        if cfg.dual.enabled:  # the same KB-101 protocol
+            kb101 = [o for o in cfg.eval.overrides if o.startswith("kb101.")]
+            commands.append(["dual", "eval", "--model", str(dual / "final"), *catalog_args, *data, "--split", "test",
+                             "--json", str(ev / "dual.json"), *kb101])
+        stages.append(Stage("eval", commands, {"test": str(ev / "test.json")}, lambda: _eval_headline(run)))
+    return stages

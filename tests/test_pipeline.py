@@ -1,0 +1,117 @@
+"""``kaleido pipeline``: override routing, the stages it builds, and a real run on the tiny
+config that is killed (``kill -9``) mid-way and finished by the same command."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kaleido.config import ConfigError, load_config
+from kaleido.pipeline import PipelineConfig, build_stages, route_overrides
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+
+
+def test_overrides_go_to_their_stage_or_to_the_pipeline():
+    own, stages = route_overrides(["pretrain.train.max_steps=60", "finetune.tasks=[retrieval]",
+                                   "dual.config=pooled", "eval.kb101.queries=10", "pretrain.tasks.itm=2"])
+    assert own == ["finetune.tasks=[retrieval]", "dual.config=pooled"]
+    assert stages == {"pretrain": ["train.max_steps=60", "tasks.itm=2"], "eval": ["kb101.queries=10"]}
+    for bad in ("max_steps=3", "pretrainn.x=1", "pretrain=1"):
+        with pytest.raises(ConfigError, match="<stage>.<key>=<value>"):
+            route_overrides([bad])
+    with pytest.raises(ConfigError, match="unknown task"):
+        load_config(PipelineConfig, "tiny", ["finetune.tasks=[retrieval,segmentation]"], component="pipeline")
+
+
+def test_stages_are_the_commands_in_order(tmp_path):
+    cfg = load_config(PipelineConfig, "default", ["finetune.tasks=[retrieval,category]", "index.enabled=false"],
+                      component="pipeline")
+    stages = build_stages(cfg, ["--catalog", "C", "--columns", "auto"], tmp_path)
+    assert [s.name for s in stages] == ["split", "patches", "sat", "align", "pretrain", "finetune-retrieval",
+                                        "finetune-category", "dual", "eval"]
+    by_name = {s.name: s for s in stages}
+    assert by_name["split"].commands[0][:3] == ["data", "split", "C"]
+    ft = by_name["finetune-category"].commands[0]
+    assert ft[:4] == ["finetune", "category", "--from", str(tmp_path / "pretrain" / "final")]
+    ev = by_name["eval"].commands
+    assert f"dual={tmp_path / 'dual' / 'final'}" in ev[0] and "exhaustive=false" in ev[0]
+    assert ev[1][:2] == ["dual", "eval"]
+
+
+def _catalog(root: Path, n: int = 16) -> Path:
+    table = pd.read_csv(SAMPLE / "products.csv", dtype=str, keep_default_na=False).head(n)
+    (root / "images").mkdir(parents=True)
+    for rel in table["image"]:
+        shutil.copyfile(SAMPLE / rel, root / rel)
+    table.to_csv(root / "products.csv", index=False)
+    return root
+
+
+def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
+    catalog, run = _catalog(tmp_path / "cat"), tmp_path / "run"
+    argv = [sys.executable, "-m", "kaleido.cli", "pipeline", "--catalog", str(catalog), "--out", str(run),
+            "--config", "tiny", "--quiet", "split.split.stratify_by=none", "split.split.train=0.5",
+            "pretrain.train.save_every=1",
+            "pretrain.train.epochs=3"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = run / "pretrain" / "checkpoints" / "last"
+    deadline = time.monotonic() + 900
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the pipeline ended before pre-training checkpointed: {proc.stderr.read()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)                     # mid pre-training
+    proc.wait()
+    time.sleep(1.0)
+    done = sorted(p.stem for p in (run / "stages").glob("*.json"))
+    assert done == ["align", "patches", "sat", "split"]  # pretrain had started, not finished
+    # the running stage died with the pipeline: nothing writes into the run folder any more
+    alive = subprocess.run(["pgrep", "-f", f"--out {run}/pretrain"], capture_output=True, text=True).stdout
+    assert not alive.strip()
+    before = {p.name: p.read_text() for p in (run / "stages").glob("*.json")}
+
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    status = {name: r["status"] for name, r in summary["stages"].items()}
+    assert status == {"split": "skipped", "patches": "skipped", "sat": "skipped", "align": "skipped",
+                      "pretrain": "ran", "finetune-retrieval": "ran", "finetune-category": "ran",
+                      "finetune-caption": "ran", "dual": "ran", "index": "ran", "eval": "ran"}
+    assert {p.name: p.read_text() for p in (run / "stages").glob("*.json") if p.name in before} == before
+    assert "resuming" in (run / "logs" / "pretrain.log").read_text()   # the stage itself carried on
+    pre = summary["stages"]["pretrain"]
+    assert pre["wall_s"] > 0 and pre["peak_mb"] > 50 and pre["outputs"]["model"].endswith("pretrain/final")
+    assert summary["stages"]["patches"]["headline"]["products"] == 16
+    ev = summary["stages"]["eval"]["headline"]
+    assert {"dual SumR", "two-stage SumR", "fused w=1 SumR", "ITM accuracy", "category accuracy"} <= set(ev)
+    assert (run / "index").is_dir() and (run / "eval" / "dual.json").is_file()
+
+    # a finished run is all skips; other settings in the same folder are refused
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and json.loads((run / "summary.json").read_text())["stages"]["eval"]["status"] == "skipped"
+    other = subprocess.run(argv + ["pretrain.train.lr=0.5"], env=env, capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "other settings" in other.stderr
+
+
+def test_pipeline_reads_a_fashion_gen_h5(sample_dir, tmp_path, capsys):
+    """The first stages on a small generated Fashion-Gen file (images inside the HDF5)."""
+    from kaleido.cli import main
+
+    h5 = tmp_path / "fg.h5"
+    assert main(["data", "to-fashiongen", str(sample_dir), str(h5), "--limit", "10", "--image-size", "96"]) == 0
+    off = [f"{s}.enabled=false" for s in ("sat", "align", "pretrain", "finetune", "dual", "index", "eval")]
+    assert main(["pipeline", "--catalog", str(h5), "--out", str(tmp_path / "run"), "--config", "tiny", "--quiet",
+                 "split.split.stratify_by=none", *off]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(summary["stages"]) == ["split", "patches"]
+    assert summary["stages"]["patches"]["headline"] == {"products": 10, "skipped": 0}
+    assert sum(summary["stages"]["split"]["headline"]["products"].values()) == 10
+    assert "| patches | ran |" in capsys.readouterr().out
