@@ -68,7 +68,8 @@ class FirstStage:
 
         Returns:
             ``(index, logits)``, both (N, size), ordered by decreasing logit; a row with fewer
-            eligible products than ``size`` repeats its last one (logit -inf marks the padding).
+            eligible products than ``size`` is padded with its last eligible one (logit -inf
+            marks the padding; a row with none is padded with -1).
         """
         if direction not in ("texts", "images"):
             raise ValueError(f"direction must be texts or images, not {direction!r}")
@@ -88,6 +89,10 @@ class FirstStage:
             top_sim = np.take_along_axis(sim, top, 1)
             order = np.argsort(-top_sim, axis=1, kind="stable")
             index[rows], logits[rows] = np.take_along_axis(top, order, 1), np.take_along_axis(top_sim, order, 1)
+        eligible = np.isfinite(logits)
+        count = eligible.sum(1)
+        last = np.where(count > 0, index[np.arange(n), np.maximum(count - 1, 0)], -1)
+        index = np.where(eligible, index, last[:, None])          # never the product or its twin
         return index, logits
 
 

@@ -73,6 +73,19 @@ def test_pool_pads_a_row_with_too_few_eligible_products():
     index, logits = stage.pool(10, ["a", "a", "a", "b"], "texts")
     assert index.shape == (4, 3)                           # capped at N - 1
     assert index[0, 0] == 3 and np.isinf(logits[0, 1:]).all()  # only product 3 is eligible for 0
+    assert index[0].tolist() == [3, 3, 3]                  # padded with it, never with 0 or a twin
+    assert set(index[3]) == {0, 1, 2}
+
+
+def test_a_sharp_softmax_still_gives_distinct_negatives():
+    """Logits far apart at a low temperature underflow to zero weights; sampling must not fail."""
+    from kaleido.finetune.retrieval import RetrievalConfig, RetrievalDataset
+
+    data = RetrievalDataset.__new__(RetrievalDataset)
+    data.cfg = RetrievalConfig(mining="first_stage", first_stage="x", mining_temperature=0.5)
+    data.mined = {"texts": (np.array([[5, 7, 9]]), np.array([[100.0, 20.0, -10.0]], dtype=np.float32))}
+    picked = data._mined(0, 2, "texts", np.random.default_rng(0))
+    assert picked == [5, 7]                                # the best, then the pool's next best
 
 
 def test_load_first_stage_reads_a_dual_encoder_and_refuses_other_folders(dual_dir, products, cache, tmp_path):

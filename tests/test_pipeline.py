@@ -36,14 +36,26 @@ def test_stages_are_the_commands_in_order(tmp_path):
                       component="pipeline")
     stages = build_stages(cfg, ["--catalog", "C", "--columns", "auto"], tmp_path)
     assert [s.name for s in stages] == ["split", "patches", "sat", "align", "pretrain", "finetune-retrieval",
-                                        "finetune-category", "dual", "eval"]
+                                        "finetune-category", "dual", "eval", "eval-dual"]
     by_name = {s.name: s for s in stages}
     assert by_name["split"].commands[0][:3] == ["data", "split", "C"]
     ft = by_name["finetune-category"].commands[0]
     assert ft[:4] == ["finetune", "category", "--from", str(tmp_path / "pretrain" / "final")]
     ev = by_name["eval"].commands
     assert f"dual={tmp_path / 'dual' / 'final'}" in ev[0] and "exhaustive=false" in ev[0]
-    assert ev[1][:2] == ["dual", "eval"]
+    assert by_name["eval-dual"].commands[0][:2] == ["dual", "eval"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dual.enabled=false"], "index needs the dual stage"),
+    (["dual.enabled=false", "index.enabled=false"], "eval needs the dual stage"),
+    (["pretrain.enabled=false"], "finetune needs the pretrain stage"),
+    (["align.config=default"], "has no --config"),
+])
+def test_a_stage_that_needs_a_disabled_one_is_refused_before_anything_runs(overrides, message, tmp_path):
+    cfg = load_config(PipelineConfig, "default", overrides, component="pipeline")
+    with pytest.raises(ConfigError, match=message):
+        build_stages(cfg, ["--catalog", "C"], tmp_path)
 
 
 def _catalog(root: Path, n: int = 16) -> Path:
@@ -84,7 +96,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     status = {name: r["status"] for name, r in summary["stages"].items()}
     assert status == {"split": "skipped", "patches": "skipped", "sat": "skipped", "align": "skipped",
                       "pretrain": "ran", "finetune-retrieval": "ran", "finetune-category": "ran",
-                      "finetune-caption": "ran", "dual": "ran", "index": "ran", "eval": "ran"}
+                      "finetune-caption": "ran", "dual": "ran", "index": "ran", "eval": "ran", "eval-dual": "ran"}
     assert {p.name: p.read_text() for p in (run / "stages").glob("*.json") if p.name in before} == before
     assert "resuming" in (run / "logs" / "pretrain.log").read_text()   # the stage itself carried on
     pre = summary["stages"]["pretrain"]
@@ -92,7 +104,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     assert summary["stages"]["patches"]["headline"]["products"] == 16
     ev = summary["stages"]["eval"]["headline"]
     assert {"dual SumR", "two-stage SumR", "fused w=1 SumR", "ITM accuracy", "category accuracy"} <= set(ev)
-    assert (run / "index").is_dir() and (run / "eval" / "dual.json").is_file()
+    assert (run / "index").is_dir() and "SumR" in summary["stages"]["eval-dual"]["headline"]
 
     # a finished run is all skips; other settings in the same folder are refused
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)

@@ -123,12 +123,16 @@ class RetrievalDataset(Dataset):
         proportion to ``softmax(logit / T)``."""
         index, logits = self.mined[direction]
         valid = np.isfinite(logits[i])
-        cand, z = index[i][valid], logits[i][valid] / self.cfg.mining_temperature
+        cand = index[i][valid]
         if not len(cand):  # every other product shares the title: any product
             return [self.any.sample(i, rng) for _ in range(k)]
+        z = logits[i][valid].astype(np.float64) / self.cfg.mining_temperature
         p = np.exp(z - z.max())
-        pick = rng.choice(len(cand), size=min(k, len(cand)), replace=False, p=p / p.sum())
-        out = cand[pick].tolist()
+        p /= p.sum()
+        m = min(k, int(np.count_nonzero(p)))          # a sharp softmax can underflow to zeros
+        out = cand[rng.choice(len(cand), size=m, replace=False, p=p)].tolist()
+        rest = [int(j) for j in cand if int(j) not in out]  # the pool's next best (it is sorted)
+        out += rest[:min(k, len(cand)) - m]
         return out + [int(cand[rng.integers(len(cand))]) for _ in range(k - len(out))]
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:

@@ -50,14 +50,19 @@ def run_command(argv: list[str], log_file: Path, echo: bool = True) -> tuple[int
     """Run ``kaleido ARGV`` in a child process, its output teed to ``log_file``.
 
     Returns:
-        ``(exit status, wall seconds, peak resident memory in KiB)``.
+        ``(exit status, wall seconds, peak resident memory in KiB)``. The peak is the child
+        process's own (``wait4``), not its data-loader workers'; it is at least the size of the
+        pipeline process it was forked from (Linux counts the pre-``exec`` image).
     """
     start = time.monotonic()
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
         log.write(f"$ kaleido {' '.join(argv)}\n".encode())
+        # unbuffered: prints and progress bars keep their order, and nothing is lost to a kill
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "kaleido.cli", *argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent if os.name == "posix" else None)
+                                stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent if os.name == "posix" else None)
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read1(65536), b""):
             log.write(chunk)

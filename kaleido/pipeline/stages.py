@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kaleido.config import ConfigError
 from kaleido.pipeline.config import PipelineConfig, StageSettings
 
 
@@ -50,6 +51,16 @@ def _last_row(path: Path, prefix: str = "") -> dict:
     return out
 
 
+def _training_headline(log_csv: Path) -> dict:
+    """The last validation row of a training ``log.csv``, else the last training loss."""
+    figures = _last_row(log_csv, "val_")
+    if not figures:
+        last = _last_row(log_csv, "loss")
+        figures = {k: v for k, v in last.items() if k == "loss"}
+    steps = _last_row(log_csv, "step").get("step")
+    return {**({"steps": int(steps)} if steps is not None else {}), **figures}
+
+
 def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -80,6 +91,14 @@ def _index_headline(index: Path) -> dict:
     return {"products": info.get("count"), "kind": info.get("kind")}
 
 
+def _dual_eval_headline(run: Path) -> dict:
+    out = _json(run / "eval" / "dual.json")
+    figures = {"SumR": round(out["retrieval"]["SumR"], 1)} if "retrieval" in out else {}
+    for target, m in out.get("zero_shot", {}).items():
+        figures[f"zero-shot {target} accuracy"] = round(m["accuracy"], 4)
+    return figures
+
+
 def _eval_headline(run: Path) -> dict:
     out: dict = {}
     test = _json(run / "eval" / "test.json")
@@ -101,9 +120,27 @@ def _eval_headline(run: Path) -> dict:
     return out
 
 
+def check_stages(cfg: PipelineConfig) -> None:
+    """Refuse, before anything runs, a combination whose later stage needs a disabled one."""
+    needs = {"align": ["sat"], "finetune": ["pretrain"], "index": ["dual"], "eval": ["finetune"]}
+    if any(o.replace(" ", "") == "exhaustive=false" for o in cfg.eval.overrides):
+        needs["eval"].append("dual")
+    for stage, required in needs.items():
+        if getattr(cfg, stage).enabled:
+            off = [r for r in required if not getattr(cfg, r).enabled]
+            if off:
+                raise ConfigError(f"pipeline: {stage} needs the {', '.join(off)} stage's outputs, but "
+                                  f"{', '.join(r + '.enabled=false' for r in off)}; disable {stage} too")
+    for stage in ("align", "index", "eval"):   # their commands take no preset
+        if getattr(cfg, stage).config:
+            raise ConfigError(f"pipeline: `kaleido {stage}` has no --config; give {stage} overrides instead "
+                              f"of {stage}.config={getattr(cfg, stage).config}")
+
+
 def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> list[Stage]:
     """The enabled stages of ``cfg`` for a catalog (``--catalog C [--columns ...]`` argv) and a
     run folder, in order."""
+    check_stages(cfg)
     run = Path(run)
     split, cache = str(run / "split"), str(run / "cache")
     data = ["--cache", cache, "--split-file", split]
@@ -129,7 +166,7 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
     pre = run / "pretrain"
     add(cfg.pretrain, Stage("pretrain", [["pretrain", *catalog_args, *data, "--out", str(pre),
                                           *_preset(cfg.pretrain), *cfg.pretrain.overrides]],
-                            {"model": str(pre / "final")}, lambda: _last_row(pre / "log.csv", "val_")))
+                            {"model": str(pre / "final")}, lambda: _training_headline(pre / "log.csv")))
     if cfg.finetune.enabled:
         for task in cfg.finetune.tasks:
             out = run / "finetune" / task
@@ -137,11 +174,11 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
                                 [["finetune", task, "--from", str(pre / "final"), *catalog_args, *data,
                                   "--out", str(out), *_preset(cfg.finetune), *cfg.finetune.overrides]],
                                 {"model": str(out / "final")},
-                                lambda out=out: _last_row(out / "log.csv", "val_")))
+                                lambda out=out: _training_headline(out / "log.csv")))
     dual = run / "dual"
     add(cfg.dual, Stage("dual", [["dual", "train", *catalog_args, *data, "--out", str(dual),
                                   *_preset(cfg.dual), *cfg.dual.overrides]],
-                        {"model": str(dual / "final")}, lambda: _last_row(dual / "log.csv", "val_")))
+                        {"model": str(dual / "final")}, lambda: _training_headline(dual / "log.csv")))
     index = run / "index"
     add(cfg.index, Stage("index", [["index", "build", *catalog_args, "--cache", cache, "--model", str(dual / "final"),
                                     "--out", str(index), *cfg.index.overrides]],
@@ -149,11 +186,13 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
     if cfg.eval.enabled:
         ev = run / "eval"
         two_stage = [f"dual={dual / 'final'}"] if cfg.dual.enabled else []
-        commands = [["eval", "--checkpoint", str(run / "finetune"), *catalog_args, *data, "--split", "test",
-                     "--name", "Kaleido-BERT", "--json", str(ev / "test.json"), *two_stage, *cfg.eval.overrides]]
-        if cfg.dual.enabled:  # the same KB-101 protocol
+        stages.append(Stage("eval", [["eval", "--checkpoint", str(run / "finetune"), *catalog_args, *data,
+                                      "--split", "test", "--name", "Kaleido-BERT", "--json", str(ev / "test.json"),
+                                      *two_stage, *cfg.eval.overrides]],
+                            {"test": str(ev / "test.json")}, lambda: _eval_headline(run)))
+        if cfg.dual.enabled:  # the dual encoder's own figures (zero-shot too), same KB-101 protocol
             kb101 = [o for o in cfg.eval.overrides if o.startswith("kb101.")]
-            commands.append(["dual", "eval", "--model", str(dual / "final"), *catalog_args, *data, "--split", "test",
-                             "--json", str(ev / "dual.json"), *kb101])
-        stages.append(Stage("eval", commands, {"test": str(ev / "test.json")}, lambda: _eval_headline(run)))
+            stages.append(Stage("eval-dual", [["dual", "eval", "--model", str(dual / "final"), *catalog_args, *data,
+                                               "--split", "test", "--json", str(ev / "dual.json"), *kb101]],
+                                {"dual": str(ev / "dual.json")}, lambda: _dual_eval_headline(run)))
     return stages
