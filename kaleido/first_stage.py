@@ -26,6 +26,17 @@ import numpy as np
 from kaleido.evaluation.kb101 import title_codes
 
 
+def pair_dot(image: np.ndarray, text: np.ndarray, images, texts, block: int = 1 << 16) -> np.ndarray:
+    """``image[images[k]] . text[texts[k]]`` for index arrays of any (same) shape, float32,
+    gathered ``block`` pairs at a time (memory O(block x E), never all pairs' rows at once)."""
+    images, texts = np.asarray(images), np.asarray(texts)
+    i, t = images.ravel(), texts.ravel()
+    out = np.empty(len(i), dtype=np.float32)
+    for s in range(0, len(i), block):
+        out[s:s + block] = np.einsum("ij,ij->i", image[i[s:s + block]], text[t[s:s + block]])
+    return out.reshape(images.shape)
+
+
 @dataclass
 class FirstStage:
     """Embeddings of N products from an aligned contrastive model.
@@ -45,14 +56,9 @@ class FirstStage:
     def __len__(self) -> int:
         return len(self.image)
 
-    def score(self, images, texts, block: int = 1 << 16) -> np.ndarray:
+    def score(self, images, texts) -> np.ndarray:
         """Logits ``scale * cos(image_i, text_j)`` of product-index arrays (any shape)."""
-        images, texts = np.asarray(images), np.asarray(texts)
-        i, t = images.ravel(), texts.ravel()
-        out = np.empty(len(i), dtype=np.float32)
-        for s in range(0, len(i), block):  # gathered rows: memory O(block x E)
-            out[s:s + block] = np.einsum("ij,ij->i", self.image[i[s:s + block]], self.text[t[s:s + block]])
-        return (self.scale * out).reshape(images.shape)
+        return self.scale * pair_dot(self.image, self.text, images, texts)
 
     def pool(self, size: int, titles: Sequence[str], direction: str = "texts",
              chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:

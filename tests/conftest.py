@@ -117,3 +117,46 @@ def pretrain_data(tmp_path_factory):
                      for word, tokens in words for level, s in ((3, 5), (4, 14), (5, 30))]
             writer.write(product.id, " ".join(w for w, _ in words), pairs)
     return {"root": root, "catalog": catalog, "catalog_dir": root / "cat", "image_root": SAMPLE, "cache": root / "cache", "split": root / "split"}
+
+
+@pytest.fixture(scope="module")
+def cache(pretrain_data):
+    """The colour-stats feature cache of ``pretrain_data``."""
+    from kaleido.patches.cache import FeatureCache
+
+    return FeatureCache(pretrain_data["cache"])
+
+
+@pytest.fixture(scope="module")
+def products(pretrain_data):
+    return list(pretrain_data["catalog"])
+
+
+@pytest.fixture(scope="module")
+def dual_dir(cache, tmp_path_factory):
+    """A random tiny dual encoder (random is enough: indexes and first stages must reproduce its scores)."""
+    import torch
+
+    from kaleido.config import load_config
+    from kaleido.dual import DualRunConfig, build_dual_task
+    from kaleido.dual.run import fit_to_cache
+
+    torch.manual_seed(0)
+    cfg = fit_to_cache(load_config(DualRunConfig, "tiny", component="dual"), cache)
+    path = tmp_path_factory.mktemp("dual") / "final"
+    build_dual_task(cfg).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reranker_dir(tmp_path_factory):
+    """A random tiny Kaleido-BERT retrieval task (32-d features, like the fixture cache)."""
+    import torch
+
+    from kaleido.finetune.retrieval import RetrievalConfig, RetrievalTask
+    from kaleido.model import create_model
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("rerank") / "retrieval"
+    RetrievalTask(create_model("tiny"), RetrievalConfig()).save_pretrained(path)
+    return path

@@ -6,42 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kaleido.config import load_config
-from kaleido.dual import DualRunConfig, build_dual_task
-from kaleido.dual.run import fit_to_cache
 from kaleido.evaluation.kb101 import title_codes
 from kaleido.first_stage import FirstStage, load_first_stage
-from kaleido.patches.cache import FeatureCache
-
-
-@pytest.fixture(scope="module")
-def cache(pretrain_data):
-    return FeatureCache(pretrain_data["cache"])
-
-
-@pytest.fixture(scope="module")
-def products(pretrain_data):
-    return list(pretrain_data["catalog"])
-
-
-@pytest.fixture(scope="module")
-def dual_dir(cache, tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = fit_to_cache(load_config(DualRunConfig, "tiny", component="dual"), cache)
-    path = tmp_path_factory.mktemp("dual") / "final"
-    build_dual_task(cfg).eval().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def reranker_dir(tmp_path_factory):
-    from kaleido.finetune.retrieval import RetrievalConfig, RetrievalTask
-    from kaleido.model import create_model
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("rerank") / "retrieval"
-    RetrievalTask(create_model("tiny"), RetrievalConfig()).save_pretrained(path)
-    return path
 
 
 def _stage(n=40, dim=8, seed=0):

@@ -12,43 +12,10 @@ from kaleido.cli import main
 from kaleido.config import load_config
 from kaleido.dual import DualRunConfig, build_dual_task, embed_products, embed_texts, load_dual
 from kaleido.dual.run import fit_to_cache
-from kaleido.patches.cache import FeatureCache
 from kaleido.search import IndexConfig, ProductIndex, SearchEngine, add_products, build_index
 from kaleido.search import build as build_module
 
 QUERIES = ["red shirt", "black shoes for men", "blue skirt", "watch"]
-
-
-@pytest.fixture(scope="module")
-def cache(pretrain_data):
-    return FeatureCache(pretrain_data["cache"])
-
-
-@pytest.fixture(scope="module")
-def products(pretrain_data):
-    return list(pretrain_data["catalog"])
-
-
-@pytest.fixture(scope="module")
-def dual_dir(cache, tmp_path_factory):
-    """A random tiny dual encoder (random is enough: the index must reproduce its scores)."""
-    torch.manual_seed(0)
-    cfg = fit_to_cache(load_config(DualRunConfig, "tiny", component="dual"), cache)
-    path = tmp_path_factory.mktemp("dual") / "final"
-    build_dual_task(cfg).eval().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def reranker_dir(tmp_path_factory):
-    """A random tiny Kaleido-BERT retrieval task (32-d features, like the fixture cache)."""
-    from kaleido.finetune.retrieval import RetrievalConfig, RetrievalTask
-    from kaleido.model import create_model
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("rerank") / "retrieval"
-    RetrievalTask(create_model("tiny"), RetrievalConfig()).save_pretrained(path)
-    return path
 
 
 def _queries(dual_dir):

@@ -55,13 +55,11 @@ class DualScores:
         self.text = embed_texts(model, processor, [p.title for p in products], batch_size * 2, progress=True)
         self.scale = float(model.scale().detach())  # inverse temperature: logit = scale x cosine
 
-    def score(self, images, texts, block: int = 1 << 16) -> np.ndarray:
-        images, texts = np.asarray(images), np.asarray(texts)
-        i, t = images.ravel(), texts.ravel()
-        out = np.empty(len(i), dtype=np.float32)
-        for s in range(0, len(i), block):  # gathered rows: memory O(block x E)
-            out[s:s + block] = np.einsum("ij,ij->i", self.image[i[s:s + block]], self.text[t[s:s + block]])
-        return out.reshape(images.shape)
+    def score(self, images, texts) -> np.ndarray:
+        """Cosine similarities of product-index arrays (any shape)."""
+        from kaleido.first_stage import pair_dot
+
+        return pair_dot(self.image, self.text, images, texts)
 
 
 def evaluate_dual(model_path: str | Path, products: Sequence, cache, cfg: DualEvalConfig = DualEvalConfig()) -> dict:

@@ -33,32 +33,34 @@ def _preset(settings: StageSettings) -> list[str]:
     return ["--config", settings.config] if settings.config else []
 
 
-def _last_row(path: Path, prefix: str = "") -> dict:
-    """The last row of a ``log.csv`` that has any column starting with ``prefix`` (numbers)."""
+def _rows(path: Path) -> list[dict]:
+    """The rows of a ``log.csv`` as ``{column: float}`` (empty cells left out)."""
     if not path.is_file():
-        return {}
+        return []
+    out = []
     with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if any(k.startswith(prefix) and v for k, v in r.items())]
-    if not rows:
-        return {}
-    out = {}
-    for k, v in rows[-1].items():
-        if k.startswith(prefix) and v not in ("", None):
-            try:
-                out[k] = round(float(v), 4)
-            except ValueError:
-                pass
+        for row in csv.DictReader(f):
+            parsed = {}
+            for k, v in row.items():
+                try:
+                    parsed[k] = round(float(v), 4)
+                except (TypeError, ValueError):
+                    pass
+            out.append(parsed)
     return out
 
 
 def _training_headline(log_csv: Path) -> dict:
-    """The last validation row of a training ``log.csv``, else the last training loss."""
-    figures = _last_row(log_csv, "val_")
-    if not figures:
-        last = _last_row(log_csv, "loss")
-        figures = {k: v for k, v in last.items() if k == "loss"}
-    steps = _last_row(log_csv, "step").get("step")
-    return {**({"steps": int(steps)} if steps is not None else {}), **figures}
+    """The last logged step, with the last validation row of a ``log.csv`` (``val_*``
+    columns) or, without validation, the last training loss."""
+    rows = _rows(log_csv)
+    if not rows:
+        return {}
+    val = [r for r in rows if any(k.startswith("val_") for k in r)]
+    figures = ({k: v for k, v in val[-1].items() if k.startswith("val_")} if val
+               else {k: v for k, v in rows[-1].items() if k == "loss"})
+    steps = [r["step"] for r in rows if "step" in r]
+    return {**({"steps": int(steps[-1])} if steps else {}), **figures}
 
 
 def _json(path: Path) -> dict:
@@ -159,7 +161,7 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
                            {"cache": cache}, lambda: _cache_headline(run)))
     add(cfg.sat, Stage("sat", [["sat", "train", *catalog_args, "--split-file", split, "--out", str(run / "sat"),
                                 *_preset(cfg.sat), *cfg.sat.overrides]],
-                       {"sat": str(run / "sat")}, lambda: _last_row(run / "sat" / "log.csv", "val")))
+                       {"sat": str(run / "sat")}, lambda: _training_headline(run / "sat" / "log.csv")))
     add(cfg.align, Stage("align", [["align", "build", *catalog_args, "--cache", cache, "--sat", str(run / "sat"),
                                     *cfg.align.overrides]],
                          {"alignments": cache}, lambda: _align_headline(run)))
