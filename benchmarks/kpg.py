@@ -10,6 +10,14 @@ the saliency throughput is printed on its own line.
 
     python benchmarks/kpg.py [--images 64] [--extras both|on|off] [--resnet50-weights PATH]
                              [--full-catalog DIR --out DIR]
+    python benchmarks/kpg.py --paths [--images 48]
+
+``--paths`` times the whole extraction of the default preset (saliency, 55 patches and the
+extras, as ``kaleido patches extract`` runs it) on the same images, in one run, three ways:
+the path before onnxruntime (torch, 32 views per pass, one process with every thread),
+onnxruntime in one process, and onnxruntime in one single-threaded process per core
+(``workers=N``; the processes start together and the slowest one's time counts). It
+prints products/s, the ratio to the torch path and the largest feature difference.
 
 Without ImageNet ResNet-50 weights (none ship offline), resnet50 runs with explicitly
 random weights: its speed is real, its cosine similarity is not meaningful.
@@ -18,7 +26,9 @@ random weights: its speed is real, its cosine similarity is not meaningful.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import multiprocessing as mp
 import subprocess
 import sys
 import time
@@ -29,7 +39,7 @@ import torch
 
 from kaleido.data import load_catalog
 from kaleido.patches.backbone import BackboneConfig, create_backbone
-from kaleido.patches.extract import PatchConfig, PatchExtractor
+from kaleido.patches.extract import PatchConfig, PatchExtractor, decode_side
 from saliency.detector import SaliencyConfig, create_detector
 
 
@@ -64,6 +74,71 @@ def bench_backbone(name, weights, images, boxes, detector, extras: bool = True) 
             "cosine_mean": round(float(cos.mean()), 3), "cosine_p5": round(float(np.percentile(cos, 5)), 3)}
 
 
+def _extract_worker(catalog_dir, products, cfg, threads, barrier, queue, index) -> None:
+    """One extraction process: warm up, wait for the others, time ``products`` one at a time
+    (as the cache writer batches them), send back the time and the features."""
+    torch.set_num_threads(threads)
+    catalog = load_catalog(catalog_dir)
+    images = [catalog.load_image(catalog[pid], min_side=decode_side(cfg)) for pid in products]
+    extractor = PatchExtractor.from_config(cfg)
+    extractor.extract(images[:1])  # warm-up: the onnxruntime export happens here
+    barrier.wait()
+    start = time.perf_counter()
+    per_call = max(1, cfg.batch_size // 5)
+    feats = []
+    for i in range(0, len(images), per_call):
+        feats += extractor.extract(images[i:i + per_call])
+    queue.put((index, time.perf_counter() - start, feats))
+
+
+def _time_path(catalog_dir, products, cfg, workers: int, threads: int):
+    """products/s of ``workers`` processes splitting ``products``, and their features in order."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    parts = [products[i::workers] for i in range(workers)]
+    procs = [ctx.Process(target=_extract_worker, args=(catalog_dir, part, cfg, threads, barrier, queue, i))
+             for i, part in enumerate(parts)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get() for _ in procs)
+    for p in procs:
+        p.join()
+    by_id = {pid: f for (_, _, feats), part in zip(results, parts) for pid, f in zip(part, feats)}
+    return len(products) / max(r[1] for r in results), [by_id[pid] for pid in products]
+
+
+def bench_paths(args) -> dict:
+    from kaleido.patches.backbone import BackboneConfig
+
+    catalog = load_catalog(args.catalog)
+    products = [p.id for p in catalog.products[:args.images]]
+    cores = torch.get_num_threads()
+    base = PatchConfig(saliency=SaliencyConfig(input_size=224))  # the kaleido-saliency preset
+    torch_cfg = dataclasses.replace(base, batch_size=32,
+                                    backbone=BackboneConfig(runtime="torch"),
+                                    saliency=dataclasses.replace(base.saliency, runtime="torch"))
+    ort_cfg = dataclasses.replace(base, backbone=BackboneConfig(runtime="onnxruntime"),
+                                  saliency=dataclasses.replace(base.saliency, runtime="onnxruntime"))
+    paths = [("torch, batch 32, 1 process", torch_cfg, 1, cores),
+             ("onnxruntime, batch 8, 1 process", ort_cfg, 1, cores),
+             (f"onnxruntime, batch 8, {cores} workers x 1 thread", ort_cfg, cores, 1)]
+    rows, ref = [], None
+    for name, cfg, workers, threads in paths:
+        rate, feats = _time_path(args.catalog, products, cfg, workers, threads)
+        if ref is None:
+            ref = feats
+        diff = max(float(np.abs(np.concatenate([getattr(a, k) for a in feats])
+                                - np.concatenate([getattr(b, k) for b in ref])).max())
+                   for k in ("features", "rotated", "grey"))
+        same_boxes = all(np.array_equal(a.box, b.box) for a, b in zip(feats, ref))
+        rows.append({"path": name, "products_per_s": round(rate, 2),
+                     "x_torch": round(rate / rows[0]["products_per_s"], 2) if rows else 1.0,
+                     "max_abs_feature_diff": diff, "same_boxes": same_boxes})
+        print(f"{name:<44}{rate:>8.2f} products/s {rows[-1]['x_torch']:>6.2f}x   "
+              f"max |feature diff| {diff:.1e}, boxes {'equal' if same_boxes else 'DIFFER'}", flush=True)
+    return {"images": len(products), "cores": cores, "paths": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", default="../shared/data/fashion-products")
@@ -73,9 +148,17 @@ def main() -> None:
                         help="time the 55 patches alone (off), with the extras (on), or both")
     parser.add_argument("--full-catalog", default=None, help="also time a full cache build of this catalog")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_kpg"))
+    parser.add_argument("--paths", action="store_true",
+                        help="time the whole extraction: torch vs onnxruntime vs workers")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.paths:
+        report = bench_paths(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "kpg_paths.json").write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out / 'kpg_paths.json'}")
+        return
     catalog = load_catalog(args.catalog)
     images = [catalog.load_image(p) for p in catalog.products[:args.images]]
     detector = create_detector(SaliencyConfig())

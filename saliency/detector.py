@@ -78,6 +78,9 @@ class SaliencyConfig:
         device: torch device of the network (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         input_size: U2-Net-p input side in pixels; None uses the weights' own (320).
             Smaller is faster on CPU (cost ~ side^2); see benchmarks/saliency_size.py.
+        runtime: U2-Net-p only: ``auto`` (onnxruntime on the CPU when installed, else torch),
+            ``torch`` or ``onnxruntime`` (:mod:`kaleido.onnx_runtime`: the same maps to float32
+            rounding, about 1.4x faster on 2 cores).
     """
 
     method: str = "u2netp"
@@ -88,6 +91,7 @@ class SaliencyConfig:
     batch_size: int = 8
     device: str = "cpu"
     input_size: int | None = None
+    runtime: str = "auto"
 
 
 @dataclass
@@ -235,7 +239,8 @@ def create_detector(cfg: SaliencyConfig | None = None) -> SaliencyDetector:
                     cfg.weights, size)
     # NHWC convolutions are ~1.7x faster on CPU with oneDNN (U2-Net-p at 320 px, 2 cores)
     model = model.to(cfg.device, memory_format=torch.channels_last)
-    return SaliencyDetector(cfg, model, input_size=cfg.input_size or size)
+    detector = SaliencyDetector(cfg, model, input_size=cfg.input_size or size)
+    return detector.use_runtime(cfg.runtime)
 
 
 # ----------------------------------------------------------------------- detector
@@ -280,6 +285,18 @@ class SaliencyDetector:
         self.input_size = input_size
         self.detected = 0
         self.fallbacks = 0
+        self.runtime, self._runner = "torch", None
+
+    def use_runtime(self, runtime: str) -> "SaliencyDetector":
+        """Run U2-Net-p with ``runtime`` (``auto``, ``torch``, ``onnxruntime``) from now on."""
+        from kaleido.onnx_runtime import OnnxRunner, resolve_runtime
+
+        if self.model is None:
+            return self
+        self.runtime = resolve_runtime(runtime, self.cfg.device, "saliency u2netp")
+        self._runner = (OnnxRunner(self.model, lambda m, x: m(x).fused, name="saliency u2netp")
+                        if self.runtime == "onnxruntime" else None)
+        return self
 
     def detect(self, image: Image.Image) -> SaliencyResult:
         """Mask and box of one image (see :meth:`detect_many`)."""
@@ -314,8 +331,11 @@ class SaliencyDetector:
         self.model.eval()
         x = torch.cat([preprocess(im, self.input_size) for im in images])  # (B, 3, S, S)
         with torch.inference_mode():
-            x = x.to(self.cfg.device).contiguous(memory_format=torch.channels_last)
-            fused = self.model(x).fused[:, 0]  # (B, S, S)
+            if self._runner is not None:
+                fused = self._runner(x)[:, 0]  # (B, S, S)
+            else:
+                x = x.to(self.cfg.device).contiguous(memory_format=torch.channels_last)
+                fused = self.model(x).fused[:, 0]
         fused = fused.float().cpu().numpy()
         return [(_resize_map(pred, im.size), self.cfg.threshold) for pred, im in zip(fused, images)]
 

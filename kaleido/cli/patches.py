@@ -14,6 +14,7 @@ from ..patches.cache import FeatureCache, build_cache, config_dict, write_union
 from ..patches.extract import PatchConfig, PatchExtractor, decode_side
 from ..patches.visualize import draw_patch_grids
 from .common import add_catalog_args, catalog_overrides, exit_code, readable_images, weights_help
+from .workers import in_worker, run_workers
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,15 @@ class PatchJobConfig:
         catalog: the products.
         patches: patch layout, backbone and saliency.
         shard_size: products per cache shard (the unit of resumption).
+        workers: processes that extract shards side by side (:mod:`kaleido.cli.workers`), each
+            with 1/N of the threads; 2 single-threaded workers beat one 2-threaded process
+            on 2 cores (``benchmarks/kpg.py``).
     """
 
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     shard_size: int = 256
+    workers: int = 1
 
 
 def register(sub) -> None:
@@ -90,6 +95,14 @@ def _split_for_cache(catalog: Catalog, split_file: Path, name: str) -> Catalog:
 
 def cmd_extract(args) -> int:
     cfg = _config(args)
+    if cfg.workers < 1:
+        raise ValueError(f"workers must be >= 1, got {cfg.workers}")
+    if cfg.workers > 1 and not in_worker():
+        status = run_workers(args.argv, cfg.workers)
+        if status == 0:
+            cache = FeatureCache(args.out)
+            print(f"{args.out}: {len(cache):,} products in the cache ({cfg.workers} workers)")
+        return status
     # Every row of the table, whether its image file exists yet or not: a missing file is
     # skipped at extraction and picked up by a rerun once it is there, and the cache's
     # product list (its fingerprint) does not change when a file is added.

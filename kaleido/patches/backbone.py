@@ -60,6 +60,9 @@ class BackboneConfig:
         input_size: square input side of crop mode (one pass per patch).
         shared_input_size: square input side of shared mode (one pass + RoIAlign).
         device: torch device the backbone runs on (``cpu``, ``cuda``, ``cuda:1``).
+        runtime: ``auto`` (onnxruntime on the CPU when installed, else torch), ``torch`` or
+            ``onnxruntime`` (:mod:`kaleido.onnx_runtime`; same features to float32 rounding,
+            2.5x faster at 384 px on 2 cores).
     """
 
     name: str = "efficientnet_lite0"
@@ -67,6 +70,7 @@ class BackboneConfig:
     input_size: int = 224
     shared_input_size: int = 384
     device: str = "cpu"
+    runtime: str = "auto"
 
 
 class Backbone(nn.Module):
@@ -90,6 +94,7 @@ class Backbone(nn.Module):
         self.stride = int(model.feature_info[-1]["reduction"])
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.weights_source = weights_source
+        self.runtime, self._runner = "torch", None
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -119,6 +124,16 @@ class Backbone(nn.Module):
         _check_images(x)
         return (x - self._mean) / self._std
 
+    def use_runtime(self, runtime: str) -> Backbone:
+        """Run :meth:`forward_map` with ``runtime`` (``auto``, ``torch``, ``onnxruntime``) on
+        CPU inputs from now on; inputs on another device always go through torch."""
+        from kaleido.onnx_runtime import OnnxRunner, resolve_runtime
+
+        self.runtime = resolve_runtime(runtime, str(self.device), f"backbone {self.name}")
+        self._runner = (OnnxRunner(self.model, lambda m, x: m.forward_features(x), name=f"backbone {self.name}")
+                        if self.runtime == "onnxruntime" else None)
+        return self
+
     def forward_map(self, x: Tensor) -> Tensor:
         """Final feature map (timm ``forward_features``).
 
@@ -129,6 +144,8 @@ class Backbone(nn.Module):
             (B, C, ceil(H / stride), ceil(W / stride)) features, C = ``feature_dim``.
         """
         _check_images(x)
+        if self._runner is not None and x.device.type == "cpu":
+            return self._runner(x)
         return self.model.forward_features(x.contiguous(memory_format=torch.channels_last))
 
     def forward_pooled(self, x: Tensor) -> Tensor:
@@ -145,7 +162,7 @@ class Backbone(nn.Module):
     forward = forward_pooled
 
     def extra_repr(self) -> str:
-        return f"name={self.name}, arch={self.arch}, weights={self.weights_source}"
+        return f"name={self.name}, arch={self.arch}, weights={self.weights_source}, runtime={self.runtime}"
 
 
 def _check_images(x: Tensor) -> None:
@@ -186,7 +203,7 @@ def create_backbone(cfg: BackboneConfig | str | None = None) -> Backbone:
                          "RANDOM INIT (not pre-trained; asked for with weights='random')")
         log.warning("backbone %s has RANDOM weights: its features are meaningless for "
                     "retrieval; use this only for tests or from-scratch training", name)
-        return backbone.to(cfg.device)
+        return backbone.to(cfg.device).use_runtime(cfg.runtime)
 
     if weights == "default" and name in _OFFLINE_ARCH:
         path, arch = _lite0_file(), _OFFLINE_ARCH[name]
@@ -213,9 +230,10 @@ def create_backbone(cfg: BackboneConfig | str | None = None) -> Backbone:
     pretrained_cfg = pretrained_cfg or model.pretrained_cfg
     _load_into(model, state_dict, f"backbone {name} from {path}")
     backbone = _wrap(model, name, arch, pretrained_cfg, source)
-    log.info("backbone %s (%s, %d-d, stride %d): weights %s", name, arch, backbone.feature_dim,
-             backbone.stride, source)
-    return backbone.to(cfg.device)
+    backbone = backbone.to(cfg.device).use_runtime(cfg.runtime)
+    log.info("backbone %s (%s, %d-d, stride %d, %s): weights %s", name, arch, backbone.feature_dim,
+             backbone.stride, backbone.runtime, source)
+    return backbone
 
 
 def _wrap(model: nn.Module, name: str, arch: str, pretrained_cfg, source: str) -> Backbone:

@@ -386,8 +386,15 @@ def write_union(out: str | Path, parts: Sequence[str | Path],
 
 
 def config_dict(cfg) -> dict:
-    """A JSON-comparable dict of a config dataclass (for meta.json)."""
-    return json.loads(json.dumps(asdict(cfg), default=str))
+    """A JSON-comparable dict of a config dataclass (for meta.json), without the ``runtime``
+    keys: torch and onnxruntime compute the same features, so a cache built with one is
+    resumed with the other."""
+    def drop_runtime(value):
+        if isinstance(value, dict):
+            return {k: drop_runtime(v) for k, v in value.items() if k != "runtime"}
+        return value
+
+    return drop_runtime(json.loads(json.dumps(asdict(cfg), default=str)))
 
 
 def cached_products(products, cache: "FeatureCache", grids) -> list:

@@ -50,7 +50,8 @@ class PatchConfig:
         rotate_grid: grid whose single patch is rotated (rotation recognition).
         grey_grid: grid whose patches get grey versions (grey-to-colour).
         roi_size: RoIAlign output size (k x k bins, then averaged) in shared mode.
-        batch_size: images per backbone forward pass.
+        batch_size: views per backbone forward pass (8: onnxruntime and torch both run small
+            batches faster per view on CPU than 32; benchmarks/kpg.py).
         backbone: the feature extractor.
         saliency: the foreground detector (unused when ``use_saliency`` is false).
     """
@@ -62,7 +63,7 @@ class PatchConfig:
     rotate_grid: int = 1
     grey_grid: int = 4
     roi_size: int = 2
-    batch_size: int = 32
+    batch_size: int = 8
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
 

@@ -15,10 +15,8 @@ with other settings is refused rather than mixing two configs in one folder.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from kaleido.cli.workers import die_with_parent
 from kaleido.config import ConfigError
 from kaleido.pipeline.config import PipelineConfig
 from kaleido.pipeline.stages import Stage, build_stages
@@ -37,13 +36,6 @@ SUMMARY_NAME = "summary.json"
 
 class StageFailed(RuntimeError):
     """A stage's command exited with an error (its log names what went wrong)."""
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def run_command(argv: list[str], log_file: Path, echo: bool = True) -> tuple[int, float, int]:
@@ -62,7 +54,7 @@ def run_command(argv: list[str], log_file: Path, echo: bool = True) -> tuple[int
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "kaleido.cli", *argv], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent if os.name == "posix" else None)
+                                preexec_fn=die_with_parent if os.name == "posix" else None)
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read1(65536), b""):
             log.write(chunk)
