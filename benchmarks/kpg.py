@@ -10,7 +10,7 @@ the saliency throughput is printed on its own line.
 
     python benchmarks/kpg.py [--images 64] [--extras both|on|off] [--resnet50-weights PATH]
                              [--full-catalog DIR --out DIR]
-    python benchmarks/kpg.py --paths [--images 48]
+    python benchmarks/kpg.py --paths [--images 48] [--preset kaleido-saliency|lowres] [--catalog DIR]
 
 ``--paths`` times the whole extraction of the default preset (saliency, 55 patches and the
 extras, as ``kaleido patches extract`` runs it) on the same images, in one run, three ways:
@@ -110,10 +110,13 @@ def _time_path(catalog_dir, products, cfg, workers: int, threads: int):
 def bench_paths(args) -> dict:
     from kaleido.patches.backbone import BackboneConfig
 
+    from kaleido.cli.patches import PatchJobConfig
+    from kaleido.config import load_config
+
     catalog = load_catalog(args.catalog)
     products = [p.id for p in catalog.products[:args.images]]
     cores = torch.get_num_threads()
-    base = PatchConfig(saliency=SaliencyConfig(input_size=224))  # the kaleido-saliency preset
+    base = load_config(PatchJobConfig, args.preset, [], component="patches").patches
     torch_cfg = dataclasses.replace(base, batch_size=32,
                                     backbone=BackboneConfig(runtime="torch"),
                                     saliency=dataclasses.replace(base.saliency, runtime="torch"))
@@ -136,7 +139,7 @@ def bench_paths(args) -> dict:
                      "max_abs_feature_diff": diff, "same_boxes": same_boxes})
         print(f"{name:<44}{rate:>8.2f} products/s {rows[-1]['x_torch']:>6.2f}x   "
               f"max |feature diff| {diff:.1e}, boxes {'equal' if same_boxes else 'DIFFER'}", flush=True)
-    return {"images": len(products), "cores": cores, "paths": rows}
+    return {"images": len(products), "cores": cores, "preset": args.preset, "catalog": args.catalog, "paths": rows}
 
 
 def main() -> None:
@@ -150,6 +153,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_kpg"))
     parser.add_argument("--paths", action="store_true",
                         help="time the whole extraction: torch vs onnxruntime vs workers")
+    parser.add_argument("--preset", default="kaleido-saliency", help="patches preset of --paths")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

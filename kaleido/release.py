@@ -10,3 +10,41 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 def release_candidates(name_or_path: str | Path) -> list[Path]:
     """The folders a model argument may mean: the path itself, then ``models/<name>``."""
     return [Path(name_or_path), MODELS_DIR / str(name_or_path)]
+
+
+#: Patch settings that change how features are computed, not what they are.
+_HOW_NOT_WHAT = frozenset({"runtime", "batch_size", "device", "extras"})
+
+
+def feature_settings(config: dict) -> dict:
+    """A patch config dict (``patches.json``, a cache's ``meta.json`` config) without the keys
+    that do not change the features (runtime, batch size, device, the pre-training extras)."""
+    return {k: feature_settings(v) if isinstance(v, dict) else v
+            for k, v in config.items() if k not in _HOW_NOT_WHAT}
+
+
+def check_cache_settings(release: str | Path, cache) -> None:
+    """Refuse a feature cache whose patch settings differ from the release's ``patches.json``.
+
+    Raises:
+        ValueError: naming each setting that differs (and how to make a fitting cache).
+    """
+    import json
+
+    want = feature_settings(json.loads((Path(release) / "patches.json").read_text()))
+    have = feature_settings(cache.meta.get("config") or {})
+    diff = sorted(_differences(want, have))
+    if diff:
+        shown = "; ".join(f"{k}: {a!r} in the release, {b!r} in the cache" for k, a, b in diff[:6])
+        raise ValueError(f"feature cache {cache.root} was made with other patch settings than {release} "
+                         f"expects ({shown}); extract the catalog again with the settings of "
+                         f"{Path(release) / 'patches.json'} (its model card gives the command)")
+
+
+def _differences(a: dict, b: dict, prefix: str = ""):
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            yield from _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            yield f"{prefix}{key}", x, y

@@ -35,15 +35,45 @@ def test_stages_are_the_commands_in_order(tmp_path):
     cfg = load_config(PipelineConfig, "default", ["finetune.tasks=[retrieval,category]", "index.enabled=false"],
                       component="pipeline")
     stages = build_stages(cfg, ["--catalog", "C", "--columns", "auto"], tmp_path)
-    assert [s.name for s in stages] == ["split", "patches", "sat", "align", "pretrain", "finetune-retrieval",
-                                        "finetune-category", "dual", "eval", "eval-dual"]
+    assert [s.name for s in stages] == ["split", "baseline", "patches", "sat", "align", "pretrain",
+                                        "finetune-retrieval", "finetune-category", "dual", "eval", "eval-dual"]
     by_name = {s.name: s for s in stages}
     assert by_name["split"].commands[0][:3] == ["data", "split", "C"]
     ft = by_name["finetune-category"].commands[0]
     assert ft[:4] == ["finetune", "category", "--from", str(tmp_path / "pretrain" / "final")]
     ev = by_name["eval"].commands
     assert f"dual={tmp_path / 'dual' / 'final'}" in ev[0] and "exhaustive=false" in ev[0]
+    assert f"prior={tmp_path / 'baseline'}" in ev[0]  # the linear reference row on the same draws
+    assert by_name["baseline"].commands[0][:2] == ["baseline", "linear-probe"]
     assert by_name["eval-dual"].commands[0][:2] == ["dual", "eval"]
+
+
+def test_a_run_started_before_a_stage_existed_resumes_with_it(tmp_path):
+    import yaml
+
+    from kaleido.pipeline.run import CONFIG_NAME, _check_config, _resolved
+
+    cfg = load_config(PipelineConfig, "default", [], component="pipeline")
+    old = _resolved(cfg, ["--catalog", "C"])
+    del old["baseline"]  # what a run started before the baseline stage wrote
+    (tmp_path / CONFIG_NAME).write_text(yaml.safe_dump(old, sort_keys=False))
+    _check_config(tmp_path, _resolved(cfg, ["--catalog", "C"]))
+    assert "baseline" in yaml.safe_load((tmp_path / CONFIG_NAME).read_text())
+    other = load_config(PipelineConfig, "default", ["pretrain.config=tiny"], component="pipeline")
+    with pytest.raises(ConfigError, match="pretrain differ"):
+        _check_config(tmp_path, _resolved(other, ["--catalog", "C"]))
+
+
+def test_the_one_encoder_model_is_evaluated_beside_the_separate_ones(tmp_path):
+    cfg = load_config(PipelineConfig, "default", ["finetune.tasks=[retrieval,multitask]"], component="pipeline")
+    stages = {s.name: s for s in build_stages(cfg, ["--catalog", "C"], tmp_path)}
+    assert stages["finetune-multitask"].commands[0][:2] == ["finetune", "multitask"]
+    separate, multitask = stages["eval"].commands
+    assert separate[2] == str(tmp_path / "finetune") and "test.json" in separate[separate.index("--json") + 1]
+    assert multitask[2] == str(tmp_path / "finetune" / "multitask" / "final")
+    assert multitask[multitask.index("--json") + 1].endswith("test-multitask.json")
+    alone = load_config(PipelineConfig, "default", ["finetune.tasks=[multitask]"], component="pipeline")
+    assert len({s.name: s for s in build_stages(alone, ["--catalog", "C"], tmp_path)}["eval"].commands) == 1
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -84,7 +114,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     proc.wait()
     time.sleep(1.0)
     done = sorted(p.stem for p in (run / "stages").glob("*.json"))
-    assert done == ["align", "patches", "sat", "split"]  # pretrain had started, not finished
+    assert done == ["align", "baseline", "patches", "sat", "split"]  # pretrain had started, not finished
     # the running stage died with the pipeline: nothing writes into the run folder any more
     alive = subprocess.run(["pgrep", "-f", f"--out {run}/pretrain"], capture_output=True, text=True).stdout
     assert not alive.strip()
@@ -94,7 +124,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     status = {name: r["status"] for name, r in summary["stages"].items()}
-    assert status == {"split": "skipped", "patches": "skipped", "sat": "skipped", "align": "skipped",
+    assert status == {"split": "skipped", "baseline": "skipped", "patches": "skipped", "sat": "skipped", "align": "skipped",
                       "pretrain": "ran", "finetune-retrieval": "ran", "finetune-category": "ran",
                       "finetune-caption": "ran", "dual": "ran", "index": "ran", "eval": "ran", "eval-dual": "ran"}
     assert {p.name: p.read_text() for p in (run / "stages").glob("*.json") if p.name in before} == before
@@ -103,7 +133,9 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     assert pre["wall_s"] > 0 and pre["peak_mb"] > 50 and pre["outputs"]["model"].endswith("pretrain/final")
     assert summary["stages"]["patches"]["headline"]["products"] == 16
     ev = summary["stages"]["eval"]["headline"]
-    assert {"dual SumR", "two-stage SumR", "fused w=1 SumR", "ITM accuracy", "category accuracy"} <= set(ev)
+    assert {"dual SumR", "two-stage SumR", "fused w=1 SumR", "ITM accuracy", "category accuracy",
+            "linear reference SumR"} <= set(ev)
+    assert "SumR" in summary["stages"]["baseline"]["headline"]
     assert (run / "index").is_dir() and "SumR" in summary["stages"]["eval-dual"]["headline"]
 
     # a finished run is all skips; other settings in the same folder are refused
@@ -119,7 +151,7 @@ def test_pipeline_reads_a_fashion_gen_h5(sample_dir, tmp_path, capsys):
 
     h5 = tmp_path / "fg.h5"
     assert main(["data", "to-fashiongen", str(sample_dir), str(h5), "--limit", "10", "--image-size", "96"]) == 0
-    off = [f"{s}.enabled=false" for s in ("sat", "align", "pretrain", "finetune", "dual", "index", "eval")]
+    off = [f"{s}.enabled=false" for s in ("baseline", "sat", "align", "pretrain", "finetune", "dual", "index", "eval")]
     assert main(["pipeline", "--catalog", str(h5), "--out", str(tmp_path / "run"), "--config", "tiny", "--quiet",
                  "split.split.stratify_by=none", *off]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

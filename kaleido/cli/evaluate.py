@@ -11,9 +11,13 @@ from .common import add_catalog_args, catalog_config
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="KB-101 retrieval, category / subcategory, captioning metrics")
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="fine-tuning root (retrieval/ category/ caption/), one task folder, or a "
-                        "pre-training final/ (zero-shot retrieval)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", type=Path,
+                       help="fine-tuning root (retrieval/ category/ caption/), one task folder, or a "
+                            "pre-training final/ (zero-shot retrieval)")
+    which.add_argument("--model", default=None,
+                       help="a released model by name (kaleido-fashion-v1) or folder: its matcher/, "
+                            "with its dual/ as the first stage unless dual= is given")
     add_catalog_args(p)
     p.add_argument("--cache", type=Path, required=True, help="feature cache of `kaleido patches extract`")
     p.add_argument("--split-file", type=Path, required=True, help="split.csv or its folder")
@@ -32,13 +36,15 @@ def cmd_eval(args) -> int:
     from ..data import split_products
 
     cfg = load_config(EvalConfig, None, list(args.overrides))
+    if args.model:
+        args.checkpoint = _release_checkpoint(args, cfg)
     catalog = load_catalog(catalog_config(args))
     products = split_products(catalog, args.split_file, args.split)
     checkpoints = find_checkpoints(args.checkpoint)
     print(f"{args.split}: {len(products)} products; tasks: "
           + ", ".join(f"{k} ({v})" for k, v in checkpoints.items()))
     result = evaluate(checkpoints, products, args.cache, cfg)
-    name = args.name or args.checkpoint.name
+    name = args.name or (args.model if args.model else args.checkpoint.name)
     if "retrieval" in result:
         r = result["retrieval"]
         systems = {name: r} if "ITR" in r else {}
@@ -76,3 +82,20 @@ def cmd_eval(args) -> int:
         save_config(cfg, args.json.parent, f"{args.json.stem}.config.yaml")
         print(f"wrote {args.json}")
     return 0
+
+
+def _release_checkpoint(args, cfg) -> Path:
+    """A released model's matcher folder; its dual encoder becomes the first stage (unless
+    ``dual=`` was given), and the cache must hold features made with its patch settings."""
+    from ..demo.session import resolve_model
+    from ..patches.cache import FeatureCache
+    from ..release import check_cache_settings
+
+    release = resolve_model(args.model)
+    if not (release / "matcher").is_dir():
+        raise FileNotFoundError(f"{release}: the release has no matcher/ (a Kaleido-BERT fine-tune) to evaluate")
+    check_cache_settings(release, FeatureCache(args.cache))
+    if not cfg.dual:
+        cfg.dual = str(release / "dual")
+    print(f"model {args.model}: {release / 'matcher'}, first stage {cfg.dual}")
+    return release / "matcher"

@@ -9,8 +9,9 @@ from .common import add_catalog_args, load_run_catalog
 
 
 def register(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a downstream task (retrieval, category, caption)")
-    p.add_argument("task", choices=("retrieval", "category", "caption"))
+    p = sub.add_parser("finetune", help="fine-tune a downstream task (retrieval, category, caption), "
+                       "or all of them on one encoder (multitask: the serving checkpoint)")
+    p.add_argument("task", choices=("retrieval", "category", "caption", "multitask"))
     p.add_argument("--from", dest="init", required=True,
                    help="a pre-training run's final/ folder, or minilm / none (no pre-training)")
     add_catalog_args(p)

@@ -161,7 +161,7 @@ class Inspector:
             from kaleido.finetune.base import load_task
             from kaleido.model.processor import KaleidoProcessor
 
-            self.task = load_task(matcher)
+            self.task = load_task(matcher, "retrieval")
             self.processor = KaleidoProcessor.from_pretrained(matcher)
 
     def inspect(self, image: Image.Image, title: str, negative: str | None = None, seed: int = 0) -> Inspection:

@@ -63,10 +63,7 @@ def retrieval_task(path: str | Path) -> RetrievalTask:
     """A retrieval scorer from a fine-tuned retrieval folder, or zero-shot from a
     pre-training run's ``final/`` (its ITM head)."""
     if (Path(path) / TASK_NAME).is_file():
-        task = load_task(path)
-        if not isinstance(task, RetrievalTask):
-            raise ValueError(f"{path} is a fine-tuned {read_task_info(path)['task']} model, not retrieval")
-        return task
+        return load_task(path, "retrieval")
     if not is_kaleido_checkpoint(path):
         raise FileNotFoundError(f"{path}: not a Kaleido-BERT folder")
     task = RetrievalTask(create_model(pretrained=str(path)), RetrievalConfig())
@@ -255,15 +252,21 @@ def evaluate_caption(task, pairs: PairInputs, cfg: EvalConfig) -> dict:
 
 def find_checkpoints(root: str | Path) -> dict[str, Path]:
     """``{kind: folder}`` under ``root``: a fine-tuned task folder itself, the ``<kind>/final``
-    folders that ``kaleido finetune`` writes, or a pre-training ``final/`` (zero-shot retrieval)."""
+    folders that ``kaleido finetune`` writes (a multitask folder stands for each of its tasks),
+    or a pre-training ``final/`` (zero-shot retrieval)."""
     root = Path(root)
+
+    def kinds_of(folder: Path) -> dict[str, Path]:
+        info = read_task_info(folder)
+        return {kind: folder for kind in info.get("tasks", [info["task"]])}
+
     if (root / TASK_NAME).is_file():
-        return {read_task_info(root)["task"]: root}
+        return kinds_of(root)
     found = {}
-    for kind in ("retrieval", "category", "caption"):
+    for kind in ("retrieval", "category", "caption", "multitask"):
         for folder in (root / kind / "final", root / kind):
             if (folder / TASK_NAME).is_file():
-                found[kind] = folder
+                found = {**kinds_of(folder), **found} if kind == "multitask" else {**found, kind: folder}
                 break
     if not found and is_kaleido_checkpoint(root):
         found["retrieval"] = root  # zero-shot, from the pre-trained ITM head
@@ -294,7 +297,7 @@ def evaluate(checkpoints: dict[str, Path], products: list, cache, cfg: EvalConfi
         if kind == "retrieval":
             out["retrieval"] = evaluate_retrieval(retrieval_task(path), pairs, cfg, features)
         elif kind == "category":
-            out.update(evaluate_category(load_task(path), pairs, cfg))
+            out.update(evaluate_category(load_task(path, "category"), pairs, cfg))
         elif kind == "caption":
-            out["caption"] = evaluate_caption(load_task(path), pairs, cfg)
+            out["caption"] = evaluate_caption(load_task(path, "caption"), pairs, cfg)
     return out

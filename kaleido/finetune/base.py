@@ -64,8 +64,17 @@ def read_task_info(path: str | Path) -> dict:
     return json.loads(file.read_text())
 
 
-def load_task(path: str | Path) -> FinetuneTask:
-    """A fine-tuned task folder -> the task module (eval mode)."""
+def load_task(path: str | Path, kind: str | None = None) -> FinetuneTask:
+    """A fine-tuned task folder -> the task module (eval mode).
+
+    Args:
+        path: the folder ``kaleido finetune`` wrote (``OUT/final``).
+        kind: the task wanted (``retrieval``, ``category``, ``caption``); None takes the
+            folder's own. A multitask folder gives the one asked for, around the shared encoder.
+
+    Raises:
+        ValueError: the folder holds another task, or its head weights do not fit.
+    """
     from safetensors.torch import load_file
 
     from kaleido.finetune.registry import TASKS
@@ -76,8 +85,24 @@ def load_task(path: str | Path) -> FinetuneTask:
     cls = TASKS[info["task"]]
     cfg = cls.config_class(**info["config"])
     task = cls.build(create_model(pretrained=str(path)), cfg, info)
-    missing, unexpected = task.load_state_dict(load_file(str(Path(path) / HEAD_NAME)), strict=False)
-    missing = [k for k in missing if not k.startswith("model.") and k not in task.tied_keys]
-    if missing or unexpected:
-        raise ValueError(f"{path}: head weights do not fit (missing {missing}, unexpected {unexpected})")
-    return task.eval()
+    state = load_file(str(Path(path) / HEAD_NAME))
+    if hasattr(task, "load_head_state"):
+        task.load_head_state(state, str(path))
+    else:
+        missing, unexpected = task.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("model.") and k not in task.tied_keys]
+        if missing or unexpected:
+            raise ValueError(f"{path}: head weights do not fit (missing {missing}, unexpected {unexpected})")
+    task.eval()
+    if kind is None or kind == task.kind:
+        return task
+    if kind in getattr(task, "tasks", {}):
+        return task.tasks[kind]
+    raise ValueError(f"{path} is a fine-tuned {task_kinds(info)} model, not {kind}")
+
+
+def task_kinds(info: dict) -> str:
+    """The task(s) a ``finetune.json`` holds, for messages: ``retrieval`` or ``multitask (...)``."""
+    if "tasks" in info:
+        return f"{info['task']} ({', '.join(info['tasks'])})"
+    return info["task"]

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 
 from kaleido.finetune.caption import CaptionConfig
 from kaleido.finetune.category import CategoryConfig
+from kaleido.finetune.multitask import MultitaskConfig
 from kaleido.finetune.retrieval import RetrievalConfig
 from kaleido.training.config import TrainConfig
 
-KINDS = ("retrieval", "category", "caption")
+KINDS = ("retrieval", "category", "caption", "multitask")
 
 
 @dataclass
@@ -31,5 +32,6 @@ class FinetuneConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     category: CategoryConfig = field(default_factory=CategoryConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)  # kind multitask: one encoder, these tasks
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -2,6 +2,7 @@
 
 from kaleido.finetune.caption import CaptionTask
 from kaleido.finetune.category import CategoryTask
+from kaleido.finetune.multitask import MultitaskTask
 from kaleido.finetune.retrieval import RetrievalTask
 
-TASKS = {cls.kind: cls for cls in (RetrievalTask, CategoryTask, CaptionTask)}
+TASKS = {cls.kind: cls for cls in (RetrievalTask, CategoryTask, CaptionTask, MultitaskTask)}

@@ -14,6 +14,7 @@ from kaleido.finetune.caption import CaptionCollator, CaptionTask
 from kaleido.finetune.category import (CategoryCollator, CategoryDataset, CategoryTask, label_names,
                                        resolve_targets)
 from kaleido.finetune.config import KINDS, FinetuneConfig
+from kaleido.finetune.multitask import MultitaskCollator, MultitaskDataset, MultitaskTask
 from kaleido.finetune.pairs import PairInputs
 from kaleido.finetune.retrieval import PairCollator, RetrievalDataset, RetrievalTask
 from kaleido.model import KaleidoProcessor, create_model_for_patches, is_kaleido_checkpoint
@@ -44,7 +45,10 @@ def start_model(cfg: FinetuneConfig, init: str, feature_dim: int, grids=(1, 2, 3
 
 
 def build_task(kind: str, cfg: FinetuneConfig, model, train: PairInputs):
-    """The task module of one fine-tuning kind (category labels come from ``train``)."""
+    """The task module of one fine-tuning kind (category labels come from ``train``); ``multitask``
+    is the tasks of ``cfg.multitask.tasks`` around the one ``model``."""
+    if kind == "multitask":
+        return MultitaskTask(model, cfg.multitask, {k: build_task(k, cfg, model, train) for k in cfg.multitask.tasks})
     if kind == "retrieval":
         return RetrievalTask(model, cfg.retrieval)
     if kind == "category":
@@ -61,6 +65,10 @@ def build_task(kind: str, cfg: FinetuneConfig, model, train: PairInputs):
 
 def build_data(task, pairs: PairInputs, seed: int):
     """(dataset, collate function) of ``task`` over ``pairs``."""
+    if isinstance(task, MultitaskTask):
+        built = {kind: build_data(sub, pairs, seed) for kind, sub in task.tasks.items()}
+        return (MultitaskDataset({k: d for k, (d, _) in built.items()}),
+                MultitaskCollator({k: c for k, (_, c) in built.items()}))
     if isinstance(task, RetrievalTask):
         return RetrievalDataset(pairs, task.cfg, seed), PairCollator(pairs)
     if isinstance(task, CategoryTask):
@@ -92,10 +100,11 @@ def validation_pairs(cfg: FinetuneConfig, catalog: Catalog, split_file, features
 
 def finetune(kind: str, cfg: FinetuneConfig, catalog: Catalog, cache: str | Path, init: str | Path,
              out: str | Path, split_file: str | Path | None = None):
-    """Fine-tune Kaleido-BERT for retrieval, category or captioning.
+    """Fine-tune Kaleido-BERT for retrieval, category or captioning, or all of them at once.
 
     Args:
-        kind: ``retrieval``, ``category`` or ``caption``.
+        kind: ``retrieval``, ``category``, ``caption``, or ``multitask`` (one encoder for the
+            tasks of ``cfg.multitask.tasks``: the serving checkpoint).
         cfg: the run config.
         catalog: the products.
         cache: their patch features (``kaleido patches extract``).

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from kaleido.config import ConfigError
 
-TASKS = ("retrieval", "category", "caption")
+TASKS = ("retrieval", "category", "caption", "multitask")
 
 
 @dataclass
@@ -34,7 +34,8 @@ class StageSettings:
 class FinetuneSettings(StageSettings):
     """The fine-tuning stages: one run per task, all from the pre-training run's ``final/``."""
 
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    # multitask: one encoder for all three (the serving checkpoint), evaluated beside the others
+    tasks: list[str] = field(default_factory=lambda: ["retrieval", "category", "caption"])
 
     def __post_init__(self):
         unknown = set(self.tasks) - set(TASKS)
@@ -46,7 +47,8 @@ class FinetuneSettings(StageSettings):
 class PipelineConfig:
     """Every stage of ``kaleido pipeline``, in the order they run.
 
-    ``split`` (``kaleido data split``), ``patches`` (saliency + kaleido patches: ``kaleido
+    ``split`` (``kaleido data split``), ``baseline`` (the frozen-feature linear reference,
+    ``kaleido baseline linear-probe``: a row of every results table), ``patches`` (saliency + kaleido patches: ``kaleido
     patches extract``), ``sat`` (the captioner), ``align`` (token-patch alignments),
     ``pretrain``, ``finetune`` (retrieval, category, caption), ``dual`` (the search dual
     encoder), ``index`` (its FAISS index of the catalog) and ``eval`` (Tables 2 and 3 on the
@@ -54,6 +56,7 @@ class PipelineConfig:
     """
 
     split: StageSettings = field(default_factory=StageSettings)
+    baseline: StageSettings = field(default_factory=StageSettings)
     patches: StageSettings = field(default_factory=StageSettings)
     sat: StageSettings = field(default_factory=StageSettings)
     align: StageSettings = field(default_factory=StageSettings)
@@ -64,7 +67,7 @@ class PipelineConfig:
     eval: StageSettings = field(default_factory=StageSettings)
 
 
-SECTIONS = ("split", "patches", "sat", "align", "pretrain", "finetune", "dual", "index", "eval")
+SECTIONS = ("split", "baseline", "patches", "sat", "align", "pretrain", "finetune", "dual", "index", "eval")
 OWN_KEYS = ("enabled", "config", "overrides", "tasks")
 
 

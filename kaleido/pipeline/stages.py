@@ -93,6 +93,15 @@ def _index_headline(index: Path) -> dict:
     return {"products": info.get("count"), "kind": info.get("kind")}
 
 
+def _baseline_headline(baseline: Path) -> dict:
+    result = _json(baseline / "result.json")
+    figures = {"SumR": round(result["retrieval"]["SumR"], 1)} if "retrieval" in result else {}
+    for target in ("category", "subcategory"):
+        if "image" in result.get(target, {}):
+            figures[f"{target} accuracy (image)"] = round(result[target]["image"]["accuracy"], 4)
+    return figures
+
+
 def _dual_eval_headline(run: Path) -> dict:
     out = _json(run / "eval" / "dual.json")
     figures = {"SumR": round(out["retrieval"]["SumR"], 1)} if "retrieval" in out else {}
@@ -102,9 +111,18 @@ def _dual_eval_headline(run: Path) -> dict:
 
 
 def _eval_headline(run: Path) -> dict:
+    out = _eval_figures(_json(run / "eval" / "test.json"))
+    multitask = run / "eval" / "test-multitask.json"
+    if multitask.is_file():
+        out.update({f"one encoder: {k}": v for k, v in _eval_figures(_json(multitask)).items()})
+    return out
+
+
+def _eval_figures(test: dict) -> dict:
     out: dict = {}
-    test = _json(run / "eval" / "test.json")
     r = test.get("retrieval", {})
+    if "prior" in r:
+        out["linear reference SumR"] = round(r["prior"]["SumR"], 1)
     if "dual" in r:
         out["dual SumR"] = round(r["dual"]["SumR"], 1)
         out["two-stage SumR"] = round(r["two_stage"]["SumR"], 1)
@@ -156,6 +174,10 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
     add(cfg.split, Stage("split", [["data", "split", catalog, *catalog_args[2:], "--out", split,
                                     *_preset(cfg.split), *cfg.split.overrides]],
                          {"split": split}, lambda: _split_headline(run)))
+    baseline = run / "baseline"
+    add(cfg.baseline, Stage("baseline", [["baseline", "linear-probe", *catalog_args, "--split-file", split,
+                                          "--out", str(baseline), *cfg.baseline.overrides]],
+                            {"reference": str(baseline)}, lambda: _baseline_headline(baseline)))
     add(cfg.patches, Stage("patches", [["patches", "extract", *catalog_args, "--out", cache,
                                         *_preset(cfg.patches), *cfg.patches.overrides]],
                            {"cache": cache}, lambda: _cache_headline(run)))
@@ -188,10 +210,21 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
     if cfg.eval.enabled:
         ev = run / "eval"
         two_stage = [f"dual={dual / 'final'}"] if cfg.dual.enabled else []
-        stages.append(Stage("eval", [["eval", "--checkpoint", str(run / "finetune"), *catalog_args, *data,
-                                      "--split", "test", "--name", "Kaleido-BERT", "--json", str(ev / "test.json"),
-                                      *two_stage, *cfg.eval.overrides]],
-                            {"test": str(ev / "test.json")}, lambda: _eval_headline(run)))
+        two_stage += [f"prior={baseline}"] if cfg.baseline.enabled else []  # the linear reference row
+        tasks = cfg.finetune.tasks if cfg.finetune.enabled else []
+        separate = [t for t in tasks if t != "multitask"]
+        commands, outputs = [], {"test": str(ev / "test.json")}
+
+        def evaluate(checkpoint: Path, name: str, json_file: Path) -> list[str]:
+            return ["eval", "--checkpoint", str(checkpoint), *catalog_args, *data, "--split", "test",
+                    "--name", name, "--json", str(json_file), *two_stage, *cfg.eval.overrides]
+
+        commands.append(evaluate(run / "finetune", "Kaleido-BERT", ev / "test.json"))
+        if "multitask" in tasks and separate:  # the one-encoder model beside the separate fine-tunes
+            outputs["test_multitask"] = str(ev / "test-multitask.json")
+            commands.append(evaluate(run / "finetune" / "multitask" / "final", "Kaleido-BERT (one encoder)",
+                                     ev / "test-multitask.json"))
+        stages.append(Stage("eval", commands, outputs, lambda: _eval_headline(run)))
         if cfg.dual.enabled:  # the dual encoder's own figures (zero-shot too), same KB-101 protocol
             kb101 = [o for o in cfg.eval.overrides if o.startswith("kb101.")]
             stages.append(Stage("eval-dual", [["dual", "eval", "--model", str(dual / "final"), *catalog_args, *data,

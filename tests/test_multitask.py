@@ -1,0 +1,96 @@
+"""The serving checkpoint: one encoder fine-tuned for retrieval, category and captioning at once."""
+
+import json
+
+import pytest
+import torch
+
+from kaleido.cli import main
+from kaleido.evaluation.evaluate import find_checkpoints
+from kaleido.finetune import CaptionConfig, FinetuneConfig, PairInputs, RetrievalConfig, load_task
+from kaleido.finetune.multitask import MultitaskConfig, MultitaskDataset, MultitaskTask
+from kaleido.finetune.retrieval import RetrievalTask
+from kaleido.finetune.run import build_data, build_task
+from kaleido.model import KaleidoProcessor, create_model
+from kaleido.patches.cache import FeatureCache
+
+
+@pytest.fixture(scope="module")
+def pairs(pretrain_data):
+    return PairInputs(list(pretrain_data["catalog"]), FeatureCache(pretrain_data["cache"]),
+                      KaleidoProcessor.default(max_text_len=32))
+
+
+def _multitask(pairs, weights=None) -> MultitaskTask:
+    torch.manual_seed(0)
+    cfg = FinetuneConfig(retrieval=RetrievalConfig(text_negatives=1, image_negatives=1),
+                         caption=CaptionConfig(max_len=6), multitask=MultitaskConfig(weights=weights or {}))
+    return build_task("multitask", cfg, create_model("tiny", feature_dim=32), pairs)
+
+
+def _batch(task: MultitaskTask, pairs):
+    data, collate = build_data(task, pairs, seed=0)
+    assert isinstance(data, MultitaskDataset) and len(data) == len(pairs)
+    return collate([data[i] for i in range(4)])
+
+
+def test_one_encoder_and_the_loss_is_the_weighted_sum(pairs):
+    task = _multitask(pairs, {"caption": 0.5}).eval()
+    assert all(sub.model is task.model for sub in task.tasks.values())
+    # the shared encoder's parameters are counted once
+    assert len(list(task.parameters())) == len({id(p) for p in task.parameters()})
+    batch = _batch(task, pairs)
+    with torch.no_grad():
+        out = task(batch)
+        parts = {kind: sub(batch[kind])["loss"] for kind, sub in task.tasks.items()}
+    torch.testing.assert_close(out["loss"], parts["retrieval"] + parts["category"] + 0.5 * parts["caption"])
+    assert {"retrieval_loss", "category_loss", "subcategory_loss", "caption_loss"} <= set(out)
+
+
+def test_the_folder_loads_as_each_task_with_the_same_outputs(pairs, tmp_path):
+    task = _multitask(pairs).eval()
+    task.save_pretrained(tmp_path / "m")
+    batch = _batch(task, pairs)
+    for kind in ("retrieval", "category", "caption"):
+        sub = load_task(tmp_path / "m", kind)
+        assert type(sub) is type(task.tasks[kind]) and not sub.training
+        with torch.no_grad():
+            torch.testing.assert_close(sub(batch[kind])["loss"], task.tasks[kind](batch[kind])["loss"])
+    again = load_task(tmp_path / "m")
+    assert isinstance(again, MultitaskTask) and set(again.tasks) == {"retrieval", "category", "caption"}
+    assert again.tasks["caption"].lm.decoder.weight is again.model.word_embeddings.weight  # tied
+    assert find_checkpoints(tmp_path / "m") == {k: tmp_path / "m" for k in ("retrieval", "category", "caption")}
+    task.tasks["retrieval"].save_pretrained(tmp_path / "r")
+    with pytest.raises(ValueError, match="retrieval model, not category"):
+        load_task(tmp_path / "r", "category")
+
+
+def test_bad_multitask_settings_are_refused():
+    with pytest.raises(ValueError, match="multitask.tasks"):
+        MultitaskConfig(tasks=["retrieval", "tagging"])
+    with pytest.raises(ValueError, match="multitask.tasks"):
+        MultitaskConfig(tasks=["retrieval"], weights={"caption": 1.0})
+    model = create_model("tiny", feature_dim=32)
+    with pytest.raises(ValueError, match="share its encoder"):
+        MultitaskTask(model, MultitaskConfig(tasks=["retrieval"]),
+                      {"retrieval": RetrievalTask(create_model("tiny", feature_dim=32), RetrievalConfig())})
+
+
+def test_finetune_multitask_then_eval_every_task(pretrain_data, tmp_path, capsys):
+    d = pretrain_data
+    data_args = ["--catalog", str(d["catalog_dir"]), "--image-root", str(d["image_root"]),
+                 "--cache", str(d["cache"]), "--split-file", str(d["split"])]
+    out = tmp_path / "ft" / "multitask"
+    assert main(["finetune", "multitask", "--from", "none", "--config", "tiny", *data_args,
+                 "--out", str(out), "data.val_split=val"]) == 0
+    log = (out / "log.csv").read_text()
+    assert "retrieval_loss" in log and "category_loss" in log and "caption_loss" in log and "val_loss" in log
+    info = json.loads((out / "final" / "finetune.json").read_text())
+    assert info["task"] == "multitask" and set(info["tasks"]) == {"retrieval", "category", "caption"}
+    capsys.readouterr()
+    result = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "ft"), *data_args, "--split", "train",
+                 "--json", str(result), "kb101.queries=4", "kb101.negatives=8", "kb101.draws=1",
+                 "full_catalog=0", "meteor=false"]) == 0
+    figures = json.loads(result.read_text())
+    assert {"retrieval", "category", "subcategory", "caption"} <= set(figures)
