@@ -187,7 +187,7 @@ def has_fast_path(task) -> bool:
     """Whether ``task`` scores pairs by ``RetrievalTask``'s own ITM log-odds over a
     ``KaleidoBertModel``, which :func:`match_logodds` reproduces."""
     return (isinstance(task, RetrievalTask) and type(task).score is RetrievalTask.score
-            and isinstance(task.model, KaleidoBertModel))
+            and isinstance(task.model, KaleidoBertModel) and task.model.config.architecture == "single_stream")
 
 
 def quantize_int8(task: RetrievalTask) -> RetrievalTask:

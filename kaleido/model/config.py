@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from kaleido.patches.geometry import KALEIDO_GRIDS
 
+ARCHITECTURES = ("single_stream", "two_stream")
+
 
 @dataclass
 class KaleidoBertConfig:
@@ -37,6 +39,13 @@ class KaleidoBertConfig:
     # pooler never got a gradient: sentence-transformers trained it with mean pooling), "mean" =
     # the masked mean of every text and patch hidden state, as the MiniLM weights were trained
     pooling: str = "cls"
+    # single_stream: Kaleido-BERT (text and patches in one BERT stack); two_stream: ViLBERT-style
+    # (the text layers on the text, an image transformer on the patches, then co-attention
+    # layers: queries from one stream, keys / values from the other; pooled = the product
+    # of the text and image pooled outputs, ViLBERT's ITM input)
+    architecture: str = "single_stream"
+    image_layers: int = 2                  # two_stream: self-attention layers of the image stream
+    co_attention_layers: int = 2           # two_stream: co-attention layers after both streams
 
     @property
     def num_patches(self) -> int:
@@ -52,4 +61,9 @@ class KaleidoBertConfig:
             raise ValueError(f"attn_implementation must be sdpa or eager, not {self.attn_implementation!r}")
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be cls or mean, not {self.pooling!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
+        if self.architecture == "two_stream" and (self.image_layers < 0 or self.co_attention_layers < 1):
+            raise ValueError(f"two_stream needs image_layers >= 0 and co_attention_layers >= 1, got "
+                             f"{self.image_layers} and {self.co_attention_layers}")
         return self

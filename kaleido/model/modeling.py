@@ -1,4 +1,5 @@
-"""The bare Kaleido-BERT encoder: ``[CLS] text [SEP]`` + 55 kaleido patches in one BERT stack.
+"""The bare Kaleido-BERT encoder: ``[CLS] text [SEP]`` + 55 kaleido patches in one BERT stack
+(or, ``architecture="two_stream"``, ViLBERT's two streams joined by co-attention).
 
 It returns hidden states, never losses; task heads live in ``kaleido.pretrain.heads``
 (and the downstream heads in their own modules). The transformer layers are
@@ -19,6 +20,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEncoder
 
+from kaleido.model.coattention import CoAttentionLayer
 from kaleido.model.config import KaleidoBertConfig
 from kaleido.model.embeddings import PatchEmbeddings, TextEmbeddings
 
@@ -94,6 +96,10 @@ class KaleidoBertModel(nn.Module):
         self.patch_embeddings = PatchEmbeddings(config)
         self.encoder = BertEncoder(bert_config(config))
         self.pooler = Pooler(config.hidden_size)
+        if config.architecture == "two_stream":  # ViLBERT: an image stream and co-attention layers
+            self.image_encoder = BertEncoder(bert_config(dataclasses.replace(config, num_hidden_layers=config.image_layers)))
+            self.co_layers = nn.ModuleList(CoAttentionLayer(config) for _ in range(config.co_attention_layers))
+            self.image_pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -150,18 +156,47 @@ class KaleidoBertModel(nn.Module):
             keys[:, :t] = attention_mask.bool()
         if patch_mask is not None:
             keys[:, t:] = patch_mask.bool()
-        allowed = keys[:, None, None, :]                                   # (B, 1, 1, L)
+        pattern = None
         if attention_pattern is not None:
             pattern = attention_pattern.bool()
-            allowed = allowed & (pattern[:, None] if pattern.dim() == 3 else pattern[None, None])
+            pattern = pattern if pattern.dim() == 3 else pattern[None]    # (B or 1, L, L)
+        if self.config.architecture == "two_stream":
+            hidden, pooled = self._two_stream(text, patches, keys, pattern)
+            return KaleidoBertOutput(last_hidden_state=hidden, pooled=pooled, text_length=t, keys=keys)
+        allowed = keys[:, None, None, :]                                   # (B, 1, 1, L)
+        if pattern is not None:
+            allowed = allowed & pattern[:, None]
         hidden = self._encode(x, allowed)
         pooled = masked_mean(hidden, keys) if self.config.pooling == "mean" else self.pooler(hidden)
         return KaleidoBertOutput(last_hidden_state=hidden, pooled=pooled, text_length=t, keys=keys)
 
-    def _encode(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def _two_stream(self, text: torch.Tensor, patches: torch.Tensor, keys: torch.Tensor,
+                    pattern: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ViLBERT: each stream on its own, then co-attention; ``(hidden (B, T+P, H), pooled (B, H))``.
+
+        ``pattern`` (the captioning mask, when given) applies to each part: text-text to the
+        text stream, patch-patch to the image stream, text-patch and patch-text to the two
+        halves of every co-attention layer.
+        """
+        t = text.shape[1]
+        rows_cols = {"text": slice(0, t), "image": slice(t, None)}
+
+        def allowed(query: str, key: str) -> torch.Tensor:                # (B, 1 or Lq, Lk)
+            a = keys[:, None, rows_cols[key]]
+            return a if pattern is None else a & pattern[:, rows_cols[query], rows_cols[key]]
+
+        th = self._encode(text, allowed("text", "text")[:, None])
+        vh = self._encode(patches, allowed("image", "image")[:, None], self.image_encoder)
+        for layer in self.co_layers:
+            th, vh = layer(th, vh, allowed("text", "image"), allowed("image", "text"))
+        text_pooled = masked_mean(th, keys[:, :t]) if self.config.pooling == "mean" else self.pooler(th)
+        image_pooled = torch.tanh(self.image_pooler(masked_mean(vh, keys[:, t:])))
+        return torch.cat([th, vh], dim=1), text_pooled * image_pooled
+
+    def _encode(self, x: torch.Tensor, allowed: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
         additive = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
         additive = additive.masked_fill(~allowed, torch.finfo(x.dtype).min)
-        return self.encoder(x, attention_mask=additive).last_hidden_state
+        return (encoder or self.encoder)(x, attention_mask=additive).last_hidden_state
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Text alone through the same encoder (no patches): (B, H) mean-pooled hidden states.
@@ -174,10 +209,12 @@ class KaleidoBertModel(nn.Module):
         return masked_mean(self._encode(x, keys[:, None, None, :]), keys)
 
     def encode_patches(self, patch_features: torch.Tensor, patch_positions: torch.Tensor) -> torch.Tensor:
-        """Patches alone through the same encoder (no text): (B, H) mean-pooled hidden states."""
+        """Patches alone through the same encoder (no text; the image stream of a two-stream
+        model): (B, H) mean-pooled hidden states."""
         x = self.patch_embeddings(patch_features, patch_positions)         # (B, P, H)
         keys = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        return masked_mean(self._encode(x, keys[:, None, None, :]), keys)
+        encoder = self.image_encoder if self.config.architecture == "two_stream" else None
+        return masked_mean(self._encode(x, keys[:, None, None, :], encoder), keys)
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, path: str | Path) -> Path:
