@@ -30,6 +30,9 @@ class TaskConfig:
     itm_clean: bool = False
     itm_negative_ratio: float = 0.5   # itm_clean=false: share of samples whose text comes from another product
     itm_hard_ratio: float = 0.5       # itm_clean=false: share of those negatives from the same subcategory
+    # g2cm / b2cm reconstruction: kl (the paper's KL of the softmaxed features) | l2 (ImageBERT's
+    # masked region feature regression: squared error of the features)
+    patch_loss: str = "kl"
 
     def weights(self) -> dict[str, float]:
         """``{head: weight}`` of the heads that are on."""

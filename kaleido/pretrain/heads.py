@@ -171,8 +171,13 @@ class CamouflageHead(nn.Module):
         return _classification("cp", logits, batch["cp_labels"])
 
 
+PATCH_LOSSES = ("kl", "l2")
+
+
 class ColourHead(nn.Module):
-    """Feature reconstruction at corrupted patches, KL(softmax(target) || softmax(prediction)).
+    """Feature reconstruction at corrupted patches: KL(softmax(target) || softmax(prediction))
+    (the paper's), or ``loss="l2"``: the squared error of the features themselves (ImageBERT's
+    masked region feature regression).
 
     AKPM IV (G2CM): the two grey 4x4 patches; AKPM V (B2CM): the three blank 5x5 patches
     (on a single fixed grid, FashionBERT's masked patch modelling: its blanked patches).
@@ -180,9 +185,11 @@ class ColourHead(nn.Module):
     (B, k, D) the original colour features.
     """
 
-    def __init__(self, cfg: KaleidoBertConfig, name: str, grid: int):
+    def __init__(self, cfg: KaleidoBertConfig, name: str, grid: int, loss: str = "kl"):
         super().__init__()
-        self.name = name
+        if loss not in PATCH_LOSSES:
+            raise ValueError(f"patch loss must be one of {PATCH_LOSSES}, not {loss!r}")
+        self.name, self.loss = name, loss
         _level(cfg, grid, name)
         self.regressor = _mlp(cfg.hidden_size, cfg.feature_dim, cfg.layer_norm_eps)
 
@@ -192,22 +199,26 @@ class ColourHead(nn.Module):
         hidden = out.patch_hidden
         picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, k, H)
         pred = self.regressor(picked).float().flatten(0, 1)            # (B*k, D)
-        loss = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(target.float().flatten(0, 1), -1),
-                        reduction="batchmean", log_target=True)
+        target = target.float().flatten(0, 1)
+        if self.loss == "l2":  # mean over patches of the summed squared error
+            return {f"{self.name}_loss": (pred - target).pow(2).sum(-1).mean()}
+        loss = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(target, -1), reduction="batchmean", log_target=True)
         return {f"{self.name}_loss": loss}
 
 
 HEAD_NAMES = ("amlm", "itm", "itc", "rr", "jps", "cp", "g2cm", "b2cm")
 
 
-def build_head(name: str, cfg: KaleidoBertConfig, word_embeddings: nn.Embedding) -> nn.Module:
-    """The head called ``name`` (one of :data:`HEAD_NAMES`)."""
+def build_head(name: str, cfg: KaleidoBertConfig, word_embeddings: nn.Embedding,
+               patch_loss: str = "kl") -> nn.Module:
+    """The head called ``name`` (one of :data:`HEAD_NAMES`); ``patch_loss`` is the G2CM / B2CM
+    reconstruction loss (``kl`` or ``l2``)."""
     if name == "amlm":
         return AMLMHead(cfg, word_embeddings)
     if name == "g2cm":
-        return ColourHead(cfg, "g2cm", 4)
+        return ColourHead(cfg, "g2cm", 4, patch_loss)
     if name == "b2cm":  # the finest level: 5x5 for kaleido patches, 8x8 for FashionBERT's grid
-        return ColourHead(cfg, "b2cm", max(cfg.grids))
+        return ColourHead(cfg, "b2cm", max(cfg.grids), patch_loss)
     heads = {"itm": ITMHead, "itc": ITCHead, "rr": RotationHead, "jps": JigsawHead, "cp": CamouflageHead}
     if name not in heads:
         raise ValueError(f"unknown pre-training head {name!r}; known: {', '.join(HEAD_NAMES)}")

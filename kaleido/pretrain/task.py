@@ -34,7 +34,7 @@ class PretrainTask(nn.Module):
         self.loss_weights = tasks.weights()
         if not self.loss_weights:
             raise ValueError("every pre-training task has weight 0; switch at least one on")
-        self.heads = nn.ModuleDict({name: build_head(name, model.config, model.word_embeddings)
+        self.heads = nn.ModuleDict({name: build_head(name, model.config, model.word_embeddings, tasks.patch_loss)
                                     for name in self.loss_weights})
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
