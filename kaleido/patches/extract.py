@@ -73,6 +73,8 @@ class PatchConfig:
         if self.extras and not {self.rotate_grid, self.grey_grid} <= set(self.grids):
             raise ValueError(f"extras need grids {self.rotate_grid} and {self.grey_grid} in "
                              f"grids={self.grids}; set extras=false for other layouts")
+        if self.backbone.name == "pixels" and self.mode != "crop":
+            raise ValueError("the pixels backbone (raw patches, no CNN) needs patches.mode=crop")
         if self.extras and self.rotate_grid != 1:
             raise ValueError("rotation recognition rotates a single patch: rotate_grid must be 1")
 
