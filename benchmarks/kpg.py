@@ -10,7 +10,7 @@ the saliency throughput is printed on its own line.
 
     python benchmarks/kpg.py [--images 64] [--extras both|on|off] [--resnet50-weights PATH]
                              [--full-catalog DIR --out DIR]
-    python benchmarks/kpg.py --paths [--images 48] [--preset kaleido-saliency|lowres] [--catalog DIR]
+    python benchmarks/kpg.py --paths [--images 48] [--preset kaleido-saliency|lowres] [--catalog DIR] [--batch-size N]
 
 ``--paths`` times the whole extraction of the default preset (saliency, 55 patches and the
 extras, as ``kaleido patches extract`` runs it) on the same images, in one run, three ways:
@@ -117,14 +117,17 @@ def bench_paths(args) -> dict:
     products = [p.id for p in catalog.products[:args.images]]
     cores = torch.get_num_threads()
     base = load_config(PatchJobConfig, args.preset, [], component="patches").patches
+    if args.batch_size:
+        base = dataclasses.replace(base, batch_size=args.batch_size)
     torch_cfg = dataclasses.replace(base, batch_size=32,
                                     backbone=BackboneConfig(runtime="torch"),
                                     saliency=dataclasses.replace(base.saliency, runtime="torch"))
     ort_cfg = dataclasses.replace(base, backbone=BackboneConfig(runtime="onnxruntime"),
                                   saliency=dataclasses.replace(base.saliency, runtime="onnxruntime"))
+    bs = ort_cfg.batch_size
     paths = [("torch, batch 32, 1 process", torch_cfg, 1, cores),
-             ("onnxruntime, batch 8, 1 process", ort_cfg, 1, cores),
-             (f"onnxruntime, batch 8, {cores} workers x 1 thread", ort_cfg, cores, 1)]
+             (f"onnxruntime, batch {bs}, 1 process", ort_cfg, 1, cores),
+             (f"onnxruntime, batch {bs}, {cores} workers x 1 thread", ort_cfg, cores, 1)]
     rows, ref = [], None
     for name, cfg, workers, threads in paths:
         rate, feats = _time_path(args.catalog, products, cfg, workers, threads)
@@ -154,6 +157,8 @@ def main() -> None:
     parser.add_argument("--paths", action="store_true",
                         help="time the whole extraction: torch vs onnxruntime vs workers")
     parser.add_argument("--preset", default="kaleido-saliency", help="patches preset of --paths")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="--paths: views per pass of the onnxruntime rows (default: the preset's)")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
