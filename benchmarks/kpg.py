@@ -108,8 +108,6 @@ def _time_path(catalog_dir, products, cfg, workers: int, threads: int):
 
 
 def bench_paths(args) -> dict:
-    from kaleido.patches.backbone import BackboneConfig
-
     from kaleido.cli.patches import PatchJobConfig
     from kaleido.config import load_config
 
@@ -120,9 +118,9 @@ def bench_paths(args) -> dict:
     if args.batch_size:
         base = dataclasses.replace(base, batch_size=args.batch_size)
     torch_cfg = dataclasses.replace(base, batch_size=32,
-                                    backbone=BackboneConfig(runtime="torch"),
+                                    backbone=dataclasses.replace(base.backbone, runtime="torch"),
                                     saliency=dataclasses.replace(base.saliency, runtime="torch"))
-    ort_cfg = dataclasses.replace(base, backbone=BackboneConfig(runtime="onnxruntime"),
+    ort_cfg = dataclasses.replace(base, backbone=dataclasses.replace(base.backbone, runtime="onnxruntime"),
                                   saliency=dataclasses.replace(base.saliency, runtime="onnxruntime"))
     bs = ort_cfg.batch_size
     paths = [("torch, batch 32, 1 process", torch_cfg, 1, cores),

@@ -106,7 +106,7 @@ class OnnxRunner:
         import onnxruntime as ort
 
         buffer = io.BytesIO()
-        dummy = torch.zeros(1, *shape)
+        dummy = torch.zeros(2, *shape)  # not 1: a traced size-1 batch could be baked into reshapes
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             torch.onnx.export(self.graph, (dummy,), buffer, input_names=["x"], output_names=["y"],

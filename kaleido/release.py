@@ -12,15 +12,12 @@ def release_candidates(name_or_path: str | Path) -> list[Path]:
     return [Path(name_or_path), MODELS_DIR / str(name_or_path)]
 
 
-#: Patch settings that change how features are computed, not what they are.
-_HOW_NOT_WHAT = frozenset({"runtime", "batch_size", "device", "extras"})
-
-
 def feature_settings(config: dict) -> dict:
     """A patch config dict (``patches.json``, a cache's ``meta.json`` config) without the keys
-    that do not change the features (runtime, batch size, device, the pre-training extras)."""
-    return {k: feature_settings(v) if isinstance(v, dict) else v
-            for k, v in config.items() if k not in _HOW_NOT_WHAT}
+    that do not change the patch features (runtime, batch size, device, the pre-training extras)."""
+    from kaleido.patches.cache import RUN_ONLY_KEYS, comparable_config
+
+    return comparable_config(config, RUN_ONLY_KEYS | {"extras"})
 
 
 def check_cache_settings(release: str | Path, cache) -> None:

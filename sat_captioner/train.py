@@ -128,7 +128,8 @@ def _feature_key(catalog: Catalog, backbone: Backbone, cfg: SATTrainConfig, all_
     """Fingerprint of everything the cached features depend on."""
     items = [(p.id, [str(ref) for ref in p.images]) for p in catalog]
     used = sorted((str(k), list(map(float, v))) for k, v in (boxes or {}).items())
-    blob = json.dumps([config_to_dict(cfg.model.backbone), cfg.model.encoder_input_size,
+    backbone_cfg = {k: v for k, v in config_to_dict(cfg.model.backbone).items() if k != "runtime"}  # same features
+    blob = json.dumps([backbone_cfg, cfg.model.encoder_input_size,
                        backbone.weights_source, all_views, items, used], default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
 

@@ -20,11 +20,16 @@ def test_l2_patch_regression_is_the_squared_error_of_the_masked_features():
     hidden = torch.randn(2, 4 + cfg.num_patches, cfg.hidden_size)
     out = KaleidoBertOutput(last_hidden_state=hidden, pooled=hidden[:, 0], text_length=4)
     index = torch.tensor([[30, 31, 54], [40, 41, 42]])
-    target = torch.randn(2, 3, cfg.feature_dim)
-    loss = head(out, {"b2cm_index": index, "b2cm_target": target})["b2cm_loss"]
     picked = torch.stack([out.patch_hidden[b, index[b]] for b in range(2)])   # (2, 3, H)
-    want = (head.regressor(picked) - target).pow(2).sum(-1).mean()
-    torch.testing.assert_close(loss, want)
+    with torch.no_grad():
+        pred = head.regressor(picked)
+    for shift, want in ((0.0, 0.0), (1.0, 1.0), (-3.0, 9.0)):  # the mean squared error per value
+        loss = head(out, {"b2cm_index": index, "b2cm_target": pred + shift})["b2cm_loss"]
+        torch.testing.assert_close(loss, torch.tensor(want), atol=1e-5, rtol=1e-5)
+    kl_head = ColourHead(cfg, "b2cm", 5)
+    kl_head.load_state_dict(head.state_dict())  # the same regressor, the paper's loss
+    kl = kl_head(out, {"b2cm_index": index, "b2cm_target": pred + 1.0})["b2cm_loss"]
+    assert kl.abs() < 1e-5  # the KL of softmaxes cannot see a constant shift; the L2 loss does
     with pytest.raises(ValueError, match="patch loss"):
         ColourHead(cfg, "b2cm", 5, loss="cosine")
     assert load_config(PretrainConfig, "imagebert", component="pretrain").tasks.patch_loss == "l2"

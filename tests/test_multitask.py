@@ -37,8 +37,6 @@ def _batch(task: MultitaskTask, pairs):
 def test_one_encoder_and_the_loss_is_the_weighted_sum(pairs):
     task = _multitask(pairs, {"caption": 0.5}).eval()
     assert all(sub.model is task.model for sub in task.tasks.values())
-    # the shared encoder's parameters are counted once
-    assert len(list(task.parameters())) == len({id(p) for p in task.parameters()})
     batch = _batch(task, pairs)
     with torch.no_grad():
         out = task(batch)
@@ -63,6 +61,13 @@ def test_the_folder_loads_as_each_task_with_the_same_outputs(pairs, tmp_path):
     task.tasks["retrieval"].save_pretrained(tmp_path / "r")
     with pytest.raises(ValueError, match="retrieval model, not category"):
         load_task(tmp_path / "r", "category")
+    # beside separate fine-tunes the one-encoder model is never mixed in
+    root = tmp_path / "ft"
+    task.tasks["retrieval"].save_pretrained(root / "retrieval" / "final")
+    task.save_pretrained(root / "multitask" / "final")
+    assert find_checkpoints(root) == {"retrieval": root / "retrieval" / "final"}
+    (root / "retrieval" / "final" / "finetune.json").unlink()
+    assert set(find_checkpoints(root)) == {"retrieval", "category", "caption"}
 
 
 def test_bad_multitask_settings_are_refused():

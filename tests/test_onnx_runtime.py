@@ -12,7 +12,7 @@ from kaleido.cli import main
 from kaleido.data import load_catalog
 from kaleido.onnx_runtime import OnnxRunner, resolve_runtime
 from kaleido.patches.backbone import BackboneConfig
-from kaleido.patches.cache import FeatureCache, build_cache, config_dict
+from kaleido.patches.cache import CacheError, FeatureCache, build_cache, config_dict
 from kaleido.patches.extract import PatchConfig, PatchExtractor
 from saliency.detector import SaliencyConfig, create_detector
 
@@ -81,14 +81,16 @@ def test_the_saliency_maps_agree(sample_dir):
 
 def test_a_cache_resumes_on_the_other_runtime(both_runtimes, small_catalog_dir, tmp_path):
     catalog = load_catalog(small_catalog_dir)
-    assert config_dict(_patch_config("torch")) == config_dict(_patch_config("onnxruntime"))
-    assert "runtime" not in config_dict(_patch_config("torch"))["backbone"]
     first = build_cache(catalog, both_runtimes["torch"], tmp_path, shard_size=8, max_shards=1,
                         config=config_dict(_patch_config("torch")), progress=False)
+    # another runtime and batch size: the same features, so the cache resumes
     second = build_cache(catalog, both_runtimes["onnxruntime"], tmp_path, shard_size=8,
-                         config=config_dict(_patch_config("onnxruntime")), progress=False)
+                         config=config_dict(_patch_config("onnxruntime", batch_size=3)), progress=False)
     assert (first.shards_written, second.shards_skipped, second.shards_written) == (1, 1, 1)
     assert len(FeatureCache(tmp_path)) == 12
+    with pytest.raises(CacheError, match="another config"):  # other features: refused
+        build_cache(catalog, both_runtimes["onnxruntime"], tmp_path, shard_size=8,
+                    config=config_dict(_patch_config("onnxruntime", roi_size=3)), progress=False)
 
 
 def test_workers_write_the_cache_one_process_writes(small_catalog_dir, tmp_path):
@@ -103,4 +105,7 @@ def test_workers_write_the_cache_one_process_writes(small_catalog_dir, tmp_path)
     for pid in one.ids:
         np.testing.assert_allclose(two[pid].features, one[pid].features, atol=2e-3)
     assert main([*common, "--out", str(tmp_path / "bad"), "workers=0"]) == 2
+    # fewer shards than workers: the worker with none waits for the other, nothing fails
+    assert main([*common, "--out", str(tmp_path / "one-shard"), "workers=2", "shard_size=16"]) == 0
+    assert len(FeatureCache(tmp_path / "one-shard")) == 12
 

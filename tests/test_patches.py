@@ -145,6 +145,10 @@ def test_cache_shards_split_between_ranks(extractors, small_catalog_dir, tmp_pat
                         world_size=2, progress=False)
         assert r.shards_written == (2 if rank == 0 else 1)
     assert len(FeatureCache(tmp_path)) == 12
+    for rank, share in ((0, 1), (1, 1)):  # max_shards=2 is two shards in all, one per rank
+        r = build_cache(catalog, extractors["shared"], tmp_path / "sliced", shard_size=4, rank=rank,
+                        world_size=2, max_shards=2, progress=False)
+        assert r.shards_written == share
 
 
 def test_a_union_reads_caches_extracted_in_two_runs(extractors, small_catalog_dir, tmp_path):

@@ -53,15 +53,17 @@ def test_a_run_started_before_a_stage_existed_resumes_with_it(tmp_path):
 
     from kaleido.pipeline.run import CONFIG_NAME, _check_config, _resolved
 
-    cfg = load_config(PipelineConfig, "default", [], component="pipeline")
+    cfg = load_config(PipelineConfig, "tiny", [], component="pipeline")  # its baseline is not the default
     old = _resolved(cfg, ["--catalog", "C"])
     del old["baseline"]  # what a run started before the baseline stage wrote
-    (tmp_path / CONFIG_NAME).write_text(yaml.safe_dump(old, sort_keys=False))
-    _check_config(tmp_path, _resolved(cfg, ["--catalog", "C"]))
-    assert "baseline" in yaml.safe_load((tmp_path / CONFIG_NAME).read_text())
-    other = load_config(PipelineConfig, "default", ["pretrain.config=tiny"], component="pipeline")
+    saved = tmp_path / CONFIG_NAME
+    saved.write_text(yaml.safe_dump(old, sort_keys=False))
+    other = load_config(PipelineConfig, "tiny", ["pretrain.config=default"], component="pipeline")
     with pytest.raises(ConfigError, match="pretrain differ"):
         _check_config(tmp_path, _resolved(other, ["--catalog", "C"]))
+    assert "baseline" not in yaml.safe_load(saved.read_text())  # a refused call writes nothing
+    _check_config(tmp_path, _resolved(cfg, ["--catalog", "C"]))
+    assert yaml.safe_load(saved.read_text()) == _resolved(cfg, ["--catalog", "C"])
 
 
 def test_the_one_encoder_model_is_evaluated_beside_the_separate_ones(tmp_path):

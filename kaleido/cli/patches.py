@@ -99,10 +99,14 @@ def cmd_extract(args) -> int:
         raise ValueError(f"workers must be >= 1, got {cfg.workers}")
     if cfg.workers > 1 and not in_worker():
         status = run_workers(args.argv, cfg.workers)
-        if status == 0:
-            cache = FeatureCache(args.out)
-            print(f"{args.out}: {len(cache):,} products in the cache ({cfg.workers} workers)")
-        return status
+        if status:
+            return status
+        extracted = len(FeatureCache(args.out))
+        print(f"{args.out}: {extracted:,} products in the cache ({cfg.workers} workers)")
+        if not extracted:
+            print(f"kaleido: error: no product could be extracted into {args.out}", file=sys.stderr)
+            return 1
+        return 0
     # Every row of the table, whether its image file exists yet or not: a missing file is
     # skipped at extraction and picked up by a rerun once it is there, and the cache's
     # product list (its fingerprint) does not change when a file is added.
@@ -126,7 +130,7 @@ def cmd_extract(args) -> int:
         print(f"  skipped {item['id']}: {item['error']}")
     if report.images_skipped:
         print("  fix or add those images and run the same command again: it re-extracts them")
-    if not len(FeatureCache(args.out)):
+    if not in_worker() and not len(FeatureCache(args.out)):  # workers: the parent checks, once all are done
         print(f"kaleido: error: no product could be extracted into {args.out} "
               f"({len(report.images_skipped)} unreadable images this time)", file=sys.stderr)
         return 1

@@ -116,6 +116,9 @@ def patch_attention(task, batch) -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         ``((B, layers, heads, T + P, T + P) attention, text first), (B,) match log-odds``.
     """
+    if task.model.config.architecture != "single_stream":
+        raise ValueError("the attention inspector reads the single-stream encoder's text-to-patch attention; "
+                         f"this model is {task.model.config.architecture}")
     enc = task.model.encoder
     old, grabbed = enc.config._attn_implementation, []
     enc.config._attn_implementation = "eager"

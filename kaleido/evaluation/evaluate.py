@@ -266,7 +266,10 @@ def find_checkpoints(root: str | Path) -> dict[str, Path]:
     for kind in ("retrieval", "category", "caption", "multitask"):
         for folder in (root / kind / "final", root / kind):
             if (folder / TASK_NAME).is_file():
-                found = {**kinds_of(folder), **found} if kind == "multitask" else {**found, kind: folder}
+                if kind != "multitask":
+                    found[kind] = folder
+                elif not found:  # the one-encoder model only where no separate fine-tune is (never mixed)
+                    found = kinds_of(folder)
                 break
     if not found and is_kaleido_checkpoint(root):
         found["retrieval"] = root  # zero-shot, from the pre-trained ITM head

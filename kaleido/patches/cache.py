@@ -100,6 +100,7 @@ def _write_meta(out: Path, meta: dict) -> None:
 
 def _check_meta(out: Path, meta: dict) -> None:
     old = json.loads((out / META).read_text())
+    old["config"], meta = comparable_config(old.get("config")), {**meta, "config": comparable_config(meta.get("config"))}
     for key in ("version", "fingerprint", "shard_size", "config"):
         if old.get(key) != meta.get(key):
             raise CacheError(f"{out} holds a cache built with another {key} "
@@ -136,7 +137,7 @@ def build_cache(catalog: Catalog, extractor: PatchExtractor, out: str | Path, *,
         out: the cache folder (created; resumed when it holds a cache of the same run).
         shard_size: products per shard.
         config: the resolved run config (stored in meta.json, checked on resume).
-        max_shards: stop after writing this many shards (batch jobs in slices).
+        max_shards: stop after writing this many shards in all ranks together (batch jobs in slices).
         rank, world_size: this process's share of the shards (default: torchrun's env).
         progress: show a progress bar.
         run_config: a config dataclass written to ``out/config.yaml`` (by rank 0), once the
@@ -180,8 +181,8 @@ def build_cache(catalog: Catalog, extractor: PatchExtractor, out: str | Path, *,
             todo.append(k)
             recover[k] = n
     report.shards_skipped = len(mine) - len(todo)
-    if max_shards is not None:
-        todo = todo[:max_shards]
+    if max_shards is not None:  # in all: each of the ranks takes its share
+        todo = todo[:max_shards // world + (rank < max_shards % world)]
     bar = tqdm(total=sum(len(ids[k * shard_size:(k + 1) * shard_size]) for k in todo),
                desc=f"patches{'' if world == 1 else f' rank {rank}'}", unit="product",
                disable=not progress)
@@ -369,7 +370,9 @@ def write_union(out: str | Path, parts: Sequence[str | Path],
         if "parts" in metas[-1]:
             raise CacheError(f"{part} is itself a union; list its parts instead")
         for key in UNION_KEYS:
-            if metas[-1].get(key) != metas[0].get(key):
+            same = (comparable_config(metas[-1].get(key)) == comparable_config(metas[0].get(key)) if key == "config"
+                    else metas[-1].get(key) == metas[0].get(key))
+            if not same:
                 raise CacheError(f"{part} was made with another {key} than {parts[0]}; "
                                  f"a union needs caches of the same patch settings")
     out.mkdir(parents=True, exist_ok=True)
@@ -386,15 +389,19 @@ def write_union(out: str | Path, parts: Sequence[str | Path],
 
 
 def config_dict(cfg) -> dict:
-    """A JSON-comparable dict of a config dataclass (for meta.json), without the ``runtime``
-    keys: torch and onnxruntime compute the same features, so a cache built with one is
-    resumed with the other."""
-    def drop_runtime(value):
-        if isinstance(value, dict):
-            return {k: drop_runtime(v) for k, v in value.items() if k != "runtime"}
-        return value
+    """A JSON-comparable dict of a config dataclass (for meta.json)."""
+    return json.loads(json.dumps(asdict(cfg), default=str))
 
-    return drop_runtime(json.loads(json.dumps(asdict(cfg), default=str)))
+
+#: Patch settings that change how features are computed, not what they are: a cache started
+#: with one value is resumed (or joined in a union) with another.
+RUN_ONLY_KEYS = frozenset({"runtime", "batch_size", "device"})
+
+
+def comparable_config(config: dict | None, ignore=RUN_ONLY_KEYS) -> dict:
+    """``config`` without the keys in ``ignore``, at any depth."""
+    return {k: comparable_config(v, ignore) if isinstance(v, dict) else v
+            for k, v in (config or {}).items() if k not in ignore}
 
 
 def cached_products(products, cache: "FeatureCache", grids) -> list:

@@ -75,16 +75,15 @@ def _check_config(run: Path, resolved: dict) -> None:
     path = run / CONFIG_NAME
     if path.is_file():
         before = yaml.safe_load(path.read_text())
-        # a stage added to the pipeline since the run started joins it at its default settings
-        defaults = asdict(PipelineConfig())
-        added = {k for k in set(resolved) - set(before) if resolved[k] == defaults.get(k)}
-        if added:
-            before = {**before, **{k: resolved[k] for k in added}}
-            path.write_text(yaml.safe_dump({k: before[k] for k in resolved if k in before}, sort_keys=False))
-        if before != resolved:
-            changed = sorted(k for k in set(before) | set(resolved) if before.get(k) != resolved.get(k))
+        # a stage added to the pipeline since the run started joins it, with the settings given now
+        added = set(resolved) - set(before)
+        now = {k: v for k, v in resolved.items() if k not in added}
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise ConfigError(f"{run} was started with other settings ({', '.join(changed)} differ; see "
                               f"{path}); rerun with the same options to resume, or choose a new --out")
+        if added:
+            path.write_text(yaml.safe_dump(resolved, sort_keys=False))
     else:
         run.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(resolved, sort_keys=False))

@@ -200,8 +200,8 @@ class ColourHead(nn.Module):
         picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, k, H)
         pred = self.regressor(picked).float().flatten(0, 1)            # (B*k, D)
         target = target.float().flatten(0, 1)
-        if self.loss == "l2":  # mean over patches of the summed squared error
-            return {f"{self.name}_loss": (pred - target).pow(2).sum(-1).mean()}
+        if self.loss == "l2":  # mean squared error per feature value (on the scale of the other losses)
+            return {f"{self.name}_loss": F.mse_loss(pred, target)}
         loss = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(target, -1), reduction="batchmean", log_target=True)
         return {f"{self.name}_loss": loss}
 
