@@ -202,7 +202,7 @@ def test_random_only_when_asked_and_loud(caplog):
 
 
 def test_list_backbones():
-    assert list_backbones() == ["efficientnet_lite0", "resnet50"]
+    assert list_backbones() == ["efficientnet_lite0", "pixels", "resnet50"]
 
 
 def test_device_is_configurable():
