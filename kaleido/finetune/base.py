@@ -44,13 +44,23 @@ class FinetuneTask(nn.Module):
         """The task around ``model`` from its config and the saved ``finetune.json``."""
         return cls(model, cfg)
 
+    def head_state(self) -> dict:
+        """The head's tensors: everything but the encoder (saved with it) and tied tensors."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()
+                if not k.startswith("model.") and k not in self.tied_keys}
+
+    def load_head_state(self, state: dict, where: str) -> None:
+        """Load :meth:`head_state` back; a missing or unexpected tensor is an error naming it."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("model.") and k not in self.tied_keys]
+        if missing or unexpected:
+            raise ValueError(f"{where}: head weights do not fit (missing {missing}, unexpected {unexpected})")
+
     def save_pretrained(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
         path = self.model.save_pretrained(path)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()
-                 if not k.startswith("model.") and k not in self.tied_keys}
-        save_file(state, str(path / HEAD_NAME))
+        save_file(self.head_state(), str(path / HEAD_NAME))
         (path / TASK_NAME).write_text(json.dumps(
             {"task": self.kind, "config": dataclasses.asdict(self.cfg), **self.extras()}, indent=2) + "\n")
         return path
@@ -85,14 +95,7 @@ def load_task(path: str | Path, kind: str | None = None) -> FinetuneTask:
     cls = TASKS[info["task"]]
     cfg = cls.config_class(**info["config"])
     task = cls.build(create_model(pretrained=str(path)), cfg, info)
-    state = load_file(str(Path(path) / HEAD_NAME))
-    if hasattr(task, "load_head_state"):
-        task.load_head_state(state, str(path))
-    else:
-        missing, unexpected = task.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("model.") and k not in task.tied_keys]
-        if missing or unexpected:
-            raise ValueError(f"{path}: head weights do not fit (missing {missing}, unexpected {unexpected})")
+    task.load_head_state(load_file(str(Path(path) / HEAD_NAME)), str(path))
     task.eval()
     if kind is None or kind == task.kind:
         return task

@@ -108,8 +108,7 @@ class MultitaskTask(FinetuneTask):
     # ------------------------------------------------------------------ save / load
     def head_state(self) -> dict[str, torch.Tensor]:
         """Every task's head tensors, ``<task>.<name>`` (not the shared encoder, not tied ones)."""
-        return {f"{kind}.{k}": v.detach().contiguous() for kind, task in self.tasks.items()
-                for k, v in task.state_dict().items() if not k.startswith("model.") and k not in task.tied_keys}
+        return {f"{kind}.{k}": v for kind, task in self.tasks.items() for k, v in task.head_state().items()}
 
     def save_pretrained(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
@@ -135,12 +134,8 @@ class MultitaskTask(FinetuneTask):
     def load_head_state(self, state: dict[str, torch.Tensor], where: str) -> None:
         """Load :meth:`head_state` back; anything missing or left over is an error naming it."""
         for kind, task in self.tasks.items():
-            mine = {k[len(kind) + 1:]: v for k, v in state.items() if k.startswith(f"{kind}.")}
-            missing, unexpected = task.load_state_dict(mine, strict=False)
-            missing = [k for k in missing if not k.startswith("model.") and k not in task.tied_keys]
-            if missing or unexpected:
-                raise ValueError(f"{where}: {kind} head weights do not fit (missing {missing}, "
-                                 f"unexpected {unexpected})")
+            task.load_head_state({k[len(kind) + 1:]: v for k, v in state.items() if k.startswith(f"{kind}.")},
+                                 f"{where} ({kind})")
         stray = [k for k in state if k.split(".", 1)[0] not in self.tasks]
         if stray:
             raise ValueError(f"{where}: head weights of tasks it does not have: {stray[:3]}")

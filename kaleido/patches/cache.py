@@ -100,9 +100,8 @@ def _write_meta(out: Path, meta: dict) -> None:
 
 def _check_meta(out: Path, meta: dict) -> None:
     old = json.loads((out / META).read_text())
-    old["config"], meta = comparable_config(old.get("config")), {**meta, "config": comparable_config(meta.get("config"))}
     for key in ("version", "fingerprint", "shard_size", "config"):
-        if old.get(key) != meta.get(key):
+        if not _same_setting(old, meta, key):
             raise CacheError(f"{out} holds a cache built with another {key} "
                              f"(catalog, shard size or config changed); use a new --out folder "
                              f"or delete the old one")
@@ -370,9 +369,7 @@ def write_union(out: str | Path, parts: Sequence[str | Path],
         if "parts" in metas[-1]:
             raise CacheError(f"{part} is itself a union; list its parts instead")
         for key in UNION_KEYS:
-            same = (comparable_config(metas[-1].get(key)) == comparable_config(metas[0].get(key)) if key == "config"
-                    else metas[-1].get(key) == metas[0].get(key))
-            if not same:
+            if not _same_setting(metas[-1], metas[0], key):
                 raise CacheError(f"{part} was made with another {key} than {parts[0]}; "
                                  f"a union needs caches of the same patch settings")
     out.mkdir(parents=True, exist_ok=True)
@@ -402,6 +399,13 @@ def comparable_config(config: dict | None, ignore=RUN_ONLY_KEYS) -> dict:
     """``config`` without the keys in ``ignore``, at any depth."""
     return {k: comparable_config(v, ignore) if isinstance(v, dict) else v
             for k, v in (config or {}).items() if k not in ignore}
+
+
+def _same_setting(a: dict, b: dict, key: str) -> bool:
+    """Whether two ``meta.json`` dicts agree on ``key`` (the config up to :data:`RUN_ONLY_KEYS`)."""
+    if key == "config":
+        return comparable_config(a.get(key)) == comparable_config(b.get(key))
+    return a.get(key) == b.get(key)
 
 
 def cached_products(products, cache: "FeatureCache", grids) -> list:
