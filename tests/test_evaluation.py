@@ -543,3 +543,35 @@ def test_evaluate_retrieval_counts_same_titles_as_hits():
     # strict: a twin ties with the true pair and ties are pessimistic
     assert full["strict"]["ITR"]["R@1"] == full["strict"]["TIR"]["R@1"] == 0.5
     assert out["pairs_scored"] <= 40 * 40 + 2 * 40 * 21 * 2
+
+
+def test_itm_accuracy_threshold_free_figures_ignore_the_offset_a_softmax_leaves_free():
+    """A constant shift of every match log-odds (free under a 1-in-G softmax) changes the
+    sign accuracy but neither the pairwise accuracy nor the AUC; the AUC is sklearn's."""
+    from types import SimpleNamespace
+
+    from sklearn.metrics import roc_auc_score
+
+    from kaleido.evaluation.itm import itm_accuracy, itm_negatives, roc_auc
+
+    products = [SimpleNamespace(title=f"t{i}", subcategory="s" + str(i % 3), category="c") for i in range(30)]
+    neg = itm_negatives(products)
+    rng = np.random.default_rng(0)
+    quality = rng.normal(size=30)
+
+    class Scorer:
+        def __init__(self, shift):
+            self.shift = shift
+
+        def score(self, images, texts):  # true pairs score higher on average
+            return np.where(images == texts, 1.0, 0.0) + quality[texts] + self.shift
+
+    low, high = itm_accuracy(Scorer(-5.0), products), itm_accuracy(Scorer(5.0), products)
+    assert low["positive_accuracy"] == 0.0 and high["negative_accuracy"] == 0.0
+    assert low["accuracy"] == high["accuracy"] == 0.5
+    assert low["pairwise_accuracy"] == high["pairwise_accuracy"] > 0.5
+    assert low["auc"] == pytest.approx(high["auc"])
+    pos = Scorer(0.0).score(np.arange(30), np.arange(30))
+    negs = Scorer(0.0).score(np.arange(30), neg)
+    assert low["auc"] == pytest.approx(roc_auc_score(np.r_[np.ones(30), np.zeros(30)], np.r_[pos, negs]))
+    assert roc_auc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5          # ties count half

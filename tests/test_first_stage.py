@@ -2,6 +2,8 @@
 same-title twin), ITM fine-tuning on them, and the evaluation that scores only the re-ranked
 pairs and fuses the first stage's logit with ITM."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -143,17 +145,19 @@ def test_eval_without_exhaustive_scores_only_the_reranked_pairs(dual_dir, rerank
         evaluate_retrieval(task, pairs, EvalConfig(kb101=kb, exhaustive=False), cache)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_interaction_itm_head_is_scored_alike_by_the_fast_scorer(pooling, products, cache):
+@pytest.mark.parametrize("pooling,interaction", [("mean", "product"), ("cls", "product"),
+                                                 ("mean", "bilinear"), ("cls", "bilinear")])
+def test_interaction_itm_head_is_scored_alike_by_the_fast_scorer(pooling, interaction, products, cache):
     from kaleido.evaluation.scorer import PairScorer
     from kaleido.finetune.pairs import PairInputs
     from kaleido.finetune.retrieval import RetrievalConfig, RetrievalTask
     from kaleido.model import KaleidoProcessor, create_model
 
     torch.manual_seed(0)
-    task = RetrievalTask(create_model("tiny", pooling=pooling), RetrievalConfig(itm_interaction=True)).eval()
+    task = RetrievalTask(create_model("tiny", pooling=pooling), RetrievalConfig(itm_interaction=interaction)).eval()
     with torch.no_grad():
-        task.itm.interaction.weight.normal_(std=1.0)           # make the term matter
+        for p in task.itm.interaction.parameters():
+            p.normal_(std=1.0)                                   # make the term matter
     pairs = PairInputs(products, cache, KaleidoProcessor.default(32, grids=cache.meta["grids"]))
     images, texts = np.array([0, 1, 2, 3, 0]), np.array([0, 2, 1, 3, 3])
     with torch.no_grad():
@@ -165,3 +169,118 @@ def test_interaction_itm_head_is_scored_alike_by_the_fast_scorer(pooling, produc
     fast = PairScorer(task, pairs).score(images, texts)
     assert np.allclose(fast, direct, atol=1e-4)
     assert not np.allclose((text_only[:, 1] - text_only[:, 0]).numpy(), direct, atol=1e-3)  # the term counts
+
+
+def test_bilinear_interaction_starts_as_no_interaction_and_learns_a_match_the_additive_head_cannot(products, cache):
+    """At step 0 the bilinear term is zero (the head scores as one without it); on groups of
+    1 true pair + negatives sharing its image or its text, the additive head's softmax loss
+    cannot leave ln G, while the bilinear term separates the true pairs."""
+    from kaleido.finetune.pairs import PairInputs
+    from kaleido.finetune.retrieval import RetrievalConfig, RetrievalTask
+    from kaleido.model import KaleidoProcessor, create_model
+    from kaleido.model.modeling import KaleidoBertOutput
+
+    torch.manual_seed(0)
+    plain = RetrievalTask(create_model("tiny"), RetrievalConfig())
+    torch.manual_seed(0)
+    bilinear = RetrievalTask(create_model("tiny"), RetrievalConfig(itm_interaction="bilinear"))
+    bilinear.itm.classifier.load_state_dict(plain.itm.classifier.state_dict())
+    bilinear.model.load_state_dict(plain.model.state_dict())
+    pairs = PairInputs(products, cache, KaleidoProcessor.default(32, grids=cache.meta["grids"]))
+    batch = pairs.batch([0, 1, 2, 0], [0, 1, 0, 2])
+    plain.eval(), bilinear.eval()
+    with torch.no_grad():
+        assert torch.allclose(plain.score(batch), bilinear.score(batch))
+
+    # frozen states of 8 products: text and image parts that match only through an interaction
+    g = torch.Generator().manual_seed(1)
+    text, image = torch.randn(8, 32, generator=g), torch.randn(8, 32, generator=g)
+    head_cfg = dataclasses.replace(create_model("tiny").config, hidden_size=32, num_attention_heads=2)
+
+    def groups(itm):
+        rows = []
+        for i in range(8):  # true pair, then its image with 2 other texts, its text with 2 other images
+            others = [(i + 1) % 8, (i + 2) % 8]
+            rows += [(i, i)] + [(i, j) for j in others] + [(j, i) for j in others]
+        im, tx = zip(*rows)
+        im, tx = torch.tensor(im), torch.tensor(tx)
+        hidden = torch.cat([text[tx][:, None], image[im][:, None]], 1)   # (N, 2, H): 1 token, 1 patch
+        out = KaleidoBertOutput(last_hidden_state=hidden, pooled=text[tx] + image[im], text_length=1)
+        logits = itm.logits(out)
+        return torch.nn.functional.cross_entropy((logits[:, 1] - logits[:, 0]).view(8, 5),
+                                                 torch.zeros(8, dtype=torch.long))
+
+    from kaleido.pretrain.heads import ITMHead
+    losses = {}
+    for kind in ("none", "bilinear"):
+        torch.manual_seed(0)
+        itm = ITMHead(head_cfg, interaction=kind)
+        opt = torch.optim.Adam(itm.parameters(), lr=0.05)
+        for _ in range(150):
+            opt.zero_grad()
+            loss = groups(itm)
+            loss.backward()
+            opt.step()
+        losses[kind] = loss.item()
+    assert losses["none"] == pytest.approx(np.log(5), abs=0.02)   # additive: no gradient out of ln G
+    assert losses["bilinear"] < 0.2
+
+
+def test_residual_retrieval_adds_the_first_stage_logit_to_every_pair(dual_dir, products, cache):
+    from kaleido.finetune.pairs import PairInputs
+    from kaleido.finetune.retrieval import PairCollator, RetrievalConfig, RetrievalDataset, RetrievalTask
+    from kaleido.model import KaleidoProcessor, create_model
+
+    pairs = PairInputs(products, cache, KaleidoProcessor.default(32, grids=cache.meta["grids"]))
+    cfg = RetrievalConfig(mining="first_stage", first_stage=str(dual_dir), mining_pool=4, residual=True)
+    data = RetrievalDataset(pairs, cfg, seed=0)
+    stage = load_first_stage(dual_dir, pairs.products, cache)
+    items = [data[i] for i in range(3)]
+    for it in items:
+        assert np.allclose(it["prior"], stage.score(it["images"], it["texts"]), atol=1e-5)
+    batch = PairCollator(pairs)(items)
+    torch.manual_seed(0)
+    task = RetrievalTask(create_model("tiny"), cfg).eval()
+    with torch.no_grad():
+        out = task(batch)
+        scores = (task.score(batch) + batch["prior"]).view(3, -1)
+    expected = torch.nn.functional.cross_entropy(scores, torch.zeros(3, dtype=torch.long))
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # without the prior the loss differs (the term counts), and the config refuses a residual with no first stage
+    plain = RetrievalTask(task.model, RetrievalConfig(mining="first_stage", first_stage=str(dual_dir)))
+    plain.itm.load_state_dict(task.itm.state_dict())
+    with torch.no_grad():
+        assert plain.eval()(batch)["loss"].item() != pytest.approx(expected.item(), rel=1e-3)
+    with pytest.raises(ValueError, match="residual"):
+        RetrievalConfig(residual=True)
+    with pytest.raises(ValueError, match="itm_interaction"):
+        RetrievalConfig(itm_interaction="outer")
+    assert RetrievalConfig(itm_interaction=True).itm_interaction == "product"
+
+
+def test_mining_random_mixes_any_product_negatives_into_the_mined_ones(dual_dir, products, cache):
+    from kaleido.finetune.pairs import PairInputs
+    from kaleido.finetune.retrieval import RetrievalConfig, RetrievalDataset
+
+    pairs = PairInputs(products, cache, _processor(cache))
+    base = dict(mining="first_stage", first_stage=str(dual_dir), mining_pool=2, text_negatives=3, image_negatives=3)
+    mined = RetrievalDataset(pairs, RetrievalConfig(**base), seed=0)
+    mixed = RetrievalDataset(pairs, RetrievalConfig(**base, mining_random=1.0), seed=0)
+    groups = title_codes([p.title for p in pairs.products])
+    pool = set(range(len(pairs)))
+    outside = 0
+    for i in range(len(pairs)):
+        m, x = mined[i], mixed[i]
+        assert set(m["texts"][1:4]) <= set(mined.mined["texts"][0][i])     # pool of 2: only those
+        negatives = list(x["texts"][1:4]) + list(x["images"][4:])
+        assert all(j in pool and j != i and groups[j] != groups[i] for j in negatives)
+        outside += sum(j not in set(mined.mined["texts"][0][i]) for j in x["texts"][1:4])
+    assert outside > 0                                                    # random ones leave the pool
+    with pytest.raises(ValueError, match="mining_random"):
+        RetrievalConfig(**base, mining_random=1.5)
+
+
+def _processor(cache):
+    from kaleido.model import KaleidoProcessor
+
+    return KaleidoProcessor.default(32, grids=cache.meta["grids"])

@@ -66,7 +66,8 @@ def cmd_eval(args) -> int:
         itm = r["itm"]
         print(f"\nITM accuracy on clean pairs, 1 positive + 1 same-subcategory negative per product "
               f"({itm['pairs']} pairs): {itm['accuracy']:.3f} (positives {itm['positive_accuracy']:.3f}, "
-              f"negatives {itm['negative_accuracy']:.3f})")
+              f"negatives {itm['negative_accuracy']:.3f}); threshold-free: true pair above its negative "
+              f"{itm.get('pairwise_accuracy', float('nan')):.3f}, ROC AUC {itm.get('auc', float('nan')):.3f}")
     if {"category", "subcategory", "caption"} & set(result):
         print("\nTable 3 (category, subcategory, captioning)\n" + format_table3({name: table3_row(result)}))
         for target in ("category", "subcategory"):

@@ -42,9 +42,15 @@ def itm_accuracy(scorer, products, seed: int = 0) -> dict:
         products: the products (``scorer``'s order).
         seed: seed of the negative draw.
 
+    The sign needs a calibrated offset, which a softmax over 1 true pair + k negatives (the
+    retrieval fine-tuning loss) leaves free: it is shift-invariant. So two threshold-free
+    figures come beside it: ``pairwise_accuracy``, the share of products whose true pair
+    scores above its hard negative, and ``auc``, the ROC AUC of all positives against all
+    negatives (ties count half).
+
     Returns:
-        ``{"accuracy", "positive_accuracy", "negative_accuracy", "pairs",
-        "negatives_same_subcategory"}`` (fractions).
+        ``{"accuracy", "positive_accuracy", "negative_accuracy", "pairwise_accuracy", "auc",
+        "pairs", "negatives_same_subcategory"}`` (fractions).
     """
     n = len(products)
     if n < 2:
@@ -57,4 +63,15 @@ def itm_accuracy(scorer, products, seed: int = 0) -> dict:
     return {"accuracy": float(np.mean(np.concatenate([pos_scores > 0, neg_scores <= 0]))),
             "positive_accuracy": float(np.mean(pos_scores > 0)),
             "negative_accuracy": float(np.mean(neg_scores <= 0)),
+            "pairwise_accuracy": float(np.mean(pos_scores > neg_scores) + 0.5 * np.mean(pos_scores == neg_scores)),
+            "auc": roc_auc(pos_scores, neg_scores),
             "pairs": int(2 * n), "negatives_same_subcategory": float(same_sub)}
+
+
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive scores above a negative), ties counted half (the Mann-Whitney U / n_p n_n)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([positive, negative]))
+    n_p, n_n = len(positive), len(negative)
+    return float((ranks[:n_p].sum() - n_p * (n_p + 1) / 2) / (n_p * n_n))

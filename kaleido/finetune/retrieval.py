@@ -24,7 +24,7 @@ from kaleido.finetune.pairs import PairInputs
 from kaleido.model.modeling import KaleidoBertModel
 from kaleido.pretrain.corruptions import NegativeSampler
 from kaleido.contrastive import hardest_negatives, sample_hard_negatives, title_codes
-from kaleido.pretrain.heads import ITCHead, ITMHead
+from kaleido.pretrain.heads import INTERACTIONS, ITCHead, ITMHead
 from kaleido.pretrain.task import pretrained_head_state
 
 LOSSES = ("bce", "softmax", "triplet")
@@ -54,12 +54,21 @@ class RetrievalConfig:
     first_stage: str = ""        # mining=first_stage: the aligned model's folder
     mining_pool: int = 32        # mining=first_stage: candidates kept per product
     mining_temperature: float = 1.0  # mining=first_stage: softmax(logit / T) over the pool (> 1 flattens)
+    # mining=first_stage: share of negatives drawn from any product instead of the pool: easy
+    # negatives that teach the coarse match while the mined ones teach the fine one
+    mining_random: float = 0.0
     # learning-rate factor of the pre-trained transformer layers and text embeddings; the patch
     # embeddings and the heads, which start far from where they end, keep the full rate
     encoder_lr_scale: float = 1.0
-    # the ITM head also reads the product of the mean text and mean patch hidden states
-    # (kaleido.pretrain.heads.ITMHead: a bilinear term the additive pooled state lacks)
-    itm_interaction: bool = False
+    # a text-image term of the ITM head beside the pooled state (kaleido.pretrain.heads.ITMHead):
+    # none | product (elementwise product of the mean text and mean patch hidden states; true
+    # = product) | bilinear (a low-rank bilinear form of the two: a dual-encoder score inside the
+    # fused pass, zero at step 0)
+    itm_interaction: str = "none"
+    # add the first stage's logit (retrieval.first_stage) to every pair's score in training,
+    # so ITM learns a residual on top of it: what the aligned model gets wrong (boosting);
+    # evaluate with `kaleido eval ... dual=SAME fusion_weights=[1]` to score as trained
+    residual: bool = False
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -73,6 +82,13 @@ class RetrievalConfig:
         if self.mining == "first_stage" and not self.first_stage:
             raise ValueError("retrieval.mining=first_stage needs retrieval.first_stage=PATH (a `kaleido dual "
                              "train` RUN/final or a `kaleido baseline linear-probe` run)")
+        self.itm_interaction = {True: "product", False: "none"}.get(self.itm_interaction, self.itm_interaction)
+        if self.itm_interaction not in INTERACTIONS:
+            raise ValueError(f"retrieval itm_interaction must be one of {INTERACTIONS}, not {self.itm_interaction!r}")
+        if self.residual and self.mining != "first_stage":
+            raise ValueError("retrieval.residual=true needs retrieval.mining=first_stage (the logit it adds)")
+        if not 0.0 <= self.mining_random <= 1.0:
+            raise ValueError(f"retrieval mining_random must lie in [0, 1], not {self.mining_random}")
         if self.mining_pool < 1 or self.mining_temperature <= 0:
             raise ValueError("retrieval.mining_pool must be >= 1 and retrieval.mining_temperature > 0")
 
@@ -87,12 +103,14 @@ class RetrievalDataset(Dataset):
                                     np.array([p.category or "" for p in products]))
         self.any = NegativeSampler(np.zeros(len(products), dtype=int), np.zeros(len(products), dtype=int))
         self.hard_ratio = cfg.hard_ratio if cfg.hard_negatives else 0.0
-        self.mined = None
+        self.mined = self.stage = None
         if cfg.mining == "first_stage":
             from kaleido.first_stage import load_first_stage
 
             stage = load_first_stage(cfg.first_stage, products, pairs.cache)
+            self.stage = stage if cfg.residual else None
             titles = [p.title for p in products]
+            self.title_groups = title_codes(titles)
             self.mined = {"texts": stage.pool(cfg.mining_pool, titles, "texts"),
                           "images": stage.pool(cfg.mining_pool, titles, "images")}
 
@@ -119,8 +137,24 @@ class RetrievalDataset(Dataset):
         return out
 
     def _mined(self, i: int, k: int, direction: str, rng) -> list[int]:
-        """``k`` distinct negatives of product ``i`` from its first-stage pool, drawn in
-        proportion to ``softmax(logit / T)``."""
+        """``k`` negatives of product ``i``: each one with probability ``mining_random`` any
+        other product, else from its first-stage pool (distinct, drawn in proportion to
+        ``softmax(logit / T)``)."""
+        easy = int(rng.binomial(k, self.cfg.mining_random)) if self.cfg.mining_random > 0 else 0
+        return self._from_pool(i, k - easy, direction, rng) + [self._random_other(i, rng) for _ in range(easy)]
+
+    def _random_other(self, i: int, rng) -> int:
+        """Any product but ``i`` and its same-title twins (redrawn; a catalog of twins gives any)."""
+        j = self.any.sample(i, rng)
+        for _ in range(32):
+            if self.title_groups[j] != self.title_groups[i]:
+                break
+            j = self.any.sample(i, rng)
+        return j
+
+    def _from_pool(self, i: int, k: int, direction: str, rng) -> list[int]:
+        if k == 0:
+            return []
         index, logits = self.mined[direction]
         valid = np.isfinite(logits[i])
         cand = index[i][valid]
@@ -145,8 +179,11 @@ class RetrievalDataset(Dataset):
         else:
             texts = self._others(i, self.cfg.text_negatives, rng)
             images = self._others(i, self.cfg.image_negatives, rng)
-        return {"images": np.array([i] + [i] * len(texts) + images),
+        item = {"images": np.array([i] + [i] * len(texts) + images),
                 "texts": np.array([i] + texts + [i] * len(images))}
+        if self.stage is not None:  # residual: the first stage's logit of every pair
+            item["prior"] = self.stage.score(item["images"], item["texts"]).astype(np.float32)
+        return item
 
 
 class PairCollator:
@@ -162,6 +199,8 @@ class PairCollator:
         batch = self.pairs.batch(images, texts)
         batch["group_size"] = torch.tensor(len(items[0]["images"]))
         batch["title_group"] = torch.from_numpy(self.title_groups[texts])
+        if "prior" in items[0]:
+            batch["prior"] = torch.from_numpy(np.concatenate([it["prior"] for it in items]))
         return batch
 
 
@@ -231,7 +270,12 @@ class RetrievalTask(FinetuneTask):
         if self.itc is not None and int(batch["group_size"]) == 1 and len(batch["input_ids"]) > 1:
             batch, extra = self._mined_groups(batch)
         g = int(batch["group_size"])
-        scores = self.score(batch).view(-1, g)                         # (B, G): column 0 is true
+        scores = self.score(batch)
+        if self.cfg.residual:  # ITM learns what the first stage's logit gets wrong
+            if "prior" not in batch:
+                raise ValueError("retrieval.residual=true: the batch has no first-stage logits ('prior')")
+            scores = scores + batch["prior"].to(scores)
+        scores = scores.view(-1, g)                                    # (B, G): column 0 is true
         if self.cfg.loss == "softmax":
             loss = F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
         elif self.cfg.loss == "bce":

@@ -130,6 +130,8 @@ def _eval_figures(test: dict) -> dict:
             out[f"fused w={float(w):g} SumR"] = round(fused["SumR"], 1)
     if "itm" in r:
         out["ITM accuracy"] = round(r["itm"]["accuracy"], 3)
+        if "auc" in r["itm"]:
+            out["ITM AUC"] = round(r["itm"]["auc"], 3)
     for target in ("category", "subcategory"):
         if target in test:
             out[f"{target} accuracy"] = round(test[target]["accuracy"], 4)

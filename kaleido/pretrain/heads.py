@@ -64,29 +64,67 @@ class AMLMHead(nn.Module):
         return _classification("amlm", logits, labels[chosen])
 
 
+INTERACTIONS = ("none", "product", "bilinear")
+
+
+class BilinearMatch(nn.Module):
+    """``(A t) . (B v)``: a rank-``dim`` bilinear form of the mean text state ``t`` and the mean
+    patch state ``v``, the score of a dual encoder computed inside the fused pass.
+
+    ``B`` starts at zero (as LoRA's up-projection), so a head with this term scores exactly as
+    one without it at step 0 and the term grows from the first gradient.
+    """
+
+    def __init__(self, hidden: int, dim: int = 256):
+        super().__init__()
+        self.text = nn.Linear(hidden, dim, bias=False)
+        self.image = nn.Linear(hidden, dim, bias=False)
+        nn.init.normal_(self.text.weight, std=hidden ** -0.5)
+        nn.init.zeros_(self.image.weight)
+
+    def forward(self, text: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """(B, H), (B, H) -> (B,)."""
+        return (self.text(text) * self.image(patches)).sum(-1)
+
+
 class ITMHead(nn.Module):
     """Image-text matching from the pooled output: 1 = the text belongs to the image.
 
-    With ``interaction=True`` the logits also read the elementwise product of the mean text
-    and the mean patch hidden states. Until cross-modal attention forms, the pooled state is
-    close to a sum of a text part and an image part, and an additive score cannot tell a
-    true pair from a negative that shares its image or its text (the 1-in-G softmax of
-    retrieval fine-tuning gives it no gradient: the loss stays at ln G); the product is a
-    bilinear text-image term from the first step.
+    Until cross-modal attention forms, the pooled state is close to a sum of a text part and
+    an image part, and an additive score cannot tell a true pair from a negative that shares
+    its image or its text (the 1-in-G softmax of retrieval fine-tuning gives it no gradient:
+    the loss stays at ln G). ``interaction`` adds a text-image term from the first step:
+
+    - ``"product"``: a linear map of the elementwise product of the mean text and the mean
+      patch hidden states (a diagonal bilinear form: it needs the two to share coordinates);
+    - ``"bilinear"``: :class:`BilinearMatch`, a full low-rank bilinear form of the same two
+      states added to the match logit (the dual encoder's score shape, any coordinates).
     """
 
     name = "itm"
 
-    def __init__(self, cfg: KaleidoBertConfig, interaction: bool = False):
+    def __init__(self, cfg: KaleidoBertConfig, interaction: str | bool = "none"):
         super().__init__()
+        interaction = {True: "product", False: "none"}.get(interaction, interaction)
+        if interaction not in INTERACTIONS:
+            raise ValueError(f"ITM interaction must be one of {INTERACTIONS}, not {interaction!r}")
+        self.kind = interaction
         self.classifier = nn.Linear(cfg.hidden_size, 2)
-        self.interaction = nn.Linear(cfg.hidden_size, 2) if interaction else None
+        self.interaction: nn.Module | None = None
+        if interaction == "product":
+            self.interaction = nn.Linear(cfg.hidden_size, 2)
+        elif interaction == "bilinear":
+            self.interaction = BilinearMatch(cfg.hidden_size)
 
     def logits(self, out: KaleidoBertOutput) -> torch.Tensor:
         logits = self.classifier(out.pooled)                           # (B, 2)
-        if self.interaction is not None:
+        if self.kind == "product":
             text, patches = out.modality_means()                       # (B, H) each
             logits = logits + self.interaction(text * patches)
+        elif self.kind == "bilinear":
+            text, patches = out.modality_means()
+            match = self.interaction(text, patches)                    # (B,)
+            logits = logits + torch.stack([torch.zeros_like(match), match], dim=1)
         return logits
 
     def forward(self, out: KaleidoBertOutput, batch: dict) -> dict[str, torch.Tensor]:
