@@ -21,16 +21,7 @@ def itm_negatives(products, seed: int = 0) -> np.ndarray:
     codes = title_codes([p.title for p in products])
     out = np.empty(n, dtype=np.int64)
     for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        j = sampler.sample(i, rng)
-        for _ in range(32):  # redraw a twin; a pool made only of twins falls back to anyone
-            if codes[j] != codes[i]:
-                break
-            j = sampler.sample(i, rng)
-        if codes[j] == codes[i]:
-            others = np.flatnonzero(codes != codes[i])
-            j = int(others[rng.integers(len(others))]) if len(others) else j
-        out[i] = j
+        out[i] = sampler.sample_other_title(i, codes, np.random.default_rng([seed, i]))
     return out
 
 

@@ -24,7 +24,7 @@ from kaleido.finetune.pairs import PairInputs
 from kaleido.model.modeling import KaleidoBertModel
 from kaleido.pretrain.corruptions import NegativeSampler
 from kaleido.contrastive import hardest_negatives, sample_hard_negatives, title_codes
-from kaleido.pretrain.heads import INTERACTIONS, ITCHead, ITMHead
+from kaleido.pretrain.heads import ITCHead, ITMHead, interaction_kind
 from kaleido.pretrain.task import pretrained_head_state
 
 LOSSES = ("bce", "softmax", "triplet")
@@ -82,9 +82,7 @@ class RetrievalConfig:
         if self.mining == "first_stage" and not self.first_stage:
             raise ValueError("retrieval.mining=first_stage needs retrieval.first_stage=PATH (a `kaleido dual "
                              "train` RUN/final or a `kaleido baseline linear-probe` run)")
-        self.itm_interaction = {True: "product", False: "none"}.get(self.itm_interaction, self.itm_interaction)
-        if self.itm_interaction not in INTERACTIONS:
-            raise ValueError(f"retrieval itm_interaction must be one of {INTERACTIONS}, not {self.itm_interaction!r}")
+        self.itm_interaction = interaction_kind(self.itm_interaction, "retrieval itm_interaction")
         if self.residual and self.mining != "first_stage":
             raise ValueError("retrieval.residual=true needs retrieval.mining=first_stage (the logit it adds)")
         if not 0.0 <= self.mining_random <= 1.0:
@@ -141,16 +139,8 @@ class RetrievalDataset(Dataset):
         other product, else from its first-stage pool (distinct, drawn in proportion to
         ``softmax(logit / T)``)."""
         easy = int(rng.binomial(k, self.cfg.mining_random)) if self.cfg.mining_random > 0 else 0
-        return self._from_pool(i, k - easy, direction, rng) + [self._random_other(i, rng) for _ in range(easy)]
-
-    def _random_other(self, i: int, rng) -> int:
-        """Any product but ``i`` and its same-title twins (redrawn; a catalog of twins gives any)."""
-        j = self.any.sample(i, rng)
-        for _ in range(32):
-            if self.title_groups[j] != self.title_groups[i]:
-                break
-            j = self.any.sample(i, rng)
-        return j
+        anyone = [self.any.sample_other_title(i, self.title_groups, rng) for _ in range(easy)]
+        return self._from_pool(i, k - easy, direction, rng) + anyone
 
     def _from_pool(self, i: int, k: int, direction: str, rng) -> list[int]:
         if k == 0:

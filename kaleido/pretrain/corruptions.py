@@ -292,6 +292,27 @@ class NegativeSampler:
         j = int(rng.integers(self.size - 1))
         return j if j < index else j + 1
 
+    def sample_other_title(self, index: int, titles: np.ndarray, rng: np.random.Generator,
+                           tries: int = 32) -> int:
+        """:meth:`sample`, never a product with ``index``'s title (a same-title twin is not
+        a wrong answer): redrawn up to ``tries`` times, then any product of another title
+        (``index``'s own draw when every product shares it).
+
+        Args:
+            index: the product.
+            titles: (N,) title codes (:func:`kaleido.contrastive.title_codes`).
+            rng: the random generator.
+        """
+        j = self.sample(index, rng)
+        for _ in range(tries):
+            if titles[j] != titles[index]:
+                return j
+            j = self.sample(index, rng)
+        if titles[j] == titles[index]:
+            others = np.flatnonzero(titles != titles[index])
+            j = int(others[rng.integers(len(others))]) if len(others) else j
+        return j
+
 
 def itm_negative(index: int, groups, parents, rng: np.random.Generator) -> int:
     """One ITM negative for product ``index`` (see :class:`NegativeSampler`).

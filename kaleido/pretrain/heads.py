@@ -67,6 +67,15 @@ class AMLMHead(nn.Module):
 INTERACTIONS = ("none", "product", "bilinear")
 
 
+def interaction_kind(value: str | bool, what: str = "ITM interaction") -> str:
+    """One of :data:`INTERACTIONS`; ``True`` / ``False`` (configs written before the bilinear
+    term) mean ``product`` / ``none``."""
+    kind = {True: "product", False: "none"}.get(value, value)
+    if kind not in INTERACTIONS:
+        raise ValueError(f"{what} must be one of {INTERACTIONS}, not {value!r}")
+    return kind
+
+
 class BilinearMatch(nn.Module):
     """``(A t) . (B v)``: a rank-``dim`` bilinear form of the mean text state ``t`` and the mean
     patch state ``v``, the score of a dual encoder computed inside the fused pass.
@@ -105,10 +114,7 @@ class ITMHead(nn.Module):
 
     def __init__(self, cfg: KaleidoBertConfig, interaction: str | bool = "none"):
         super().__init__()
-        interaction = {True: "product", False: "none"}.get(interaction, interaction)
-        if interaction not in INTERACTIONS:
-            raise ValueError(f"ITM interaction must be one of {INTERACTIONS}, not {interaction!r}")
-        self.kind = interaction
+        self.kind = interaction = interaction_kind(interaction)
         self.classifier = nn.Linear(cfg.hidden_size, 2)
         self.interaction: nn.Module | None = None
         if interaction == "product":
