@@ -1,0 +1,77 @@
+"""Is a Kaleido-BERT encoder's output good enough for category, before any fine-tuning? Logistic
+regressions (C=1, standardised) on its frozen states, trained on one split, scored on another.
+
+    python scripts/frozen_probe.py --checkpoint models/kaleido-fashion-v1/matcher \\
+        --catalog ../shared/data/fashion-products --cache runs/full/cache-whole \\
+        --split-file runs/split/fashion-products [--target subcategory]
+
+Rows (accuracy %, image + title inputs): the pooled output the category head reads, the mean
+text state, the mean patch state (in the fused pass the patches have seen the title), and the
+two means side by side. If these beat a fine-tuned classifier on the same encoder, the
+fine-tuning recipe, not the encoder, is what falls short.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from kaleido.data import load_catalog
+from kaleido.data.split import split_products
+from kaleido.finetune.category import product_label
+from kaleido.finetune.pairs import PairInputs
+from kaleido.finetune.run import load_processor
+from kaleido.model import create_model
+from kaleido.patches.cache import FeatureCache
+
+
+def frozen_states(model, pairs: PairInputs, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """``{"pooled", "text mean", "patch mean"}``: (N, H) each, the true pairs of ``pairs``."""
+    out: dict[str, list] = {"pooled": [], "text mean": [], "patch mean": []}
+    with torch.inference_mode():
+        for start in range(0, len(pairs), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(pairs)))
+            b = pairs.batch(idx, idx)
+            o = model(b["input_ids"], b["patch_features"], b["patch_positions"], b["attention_mask"])
+            text, patches = o.modality_means()
+            for key, value in (("pooled", o.pooled), ("text mean", text), ("patch mean", patches)):
+                out[key].append(value.float().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def main() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="a Kaleido-BERT folder (pre-training final/ or a fine-tune)")
+    ap.add_argument("--catalog", required=True)
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--split-file", required=True)
+    ap.add_argument("--train-split", default="train")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--target", default="subcategory", help="category, subcategory or an attribute column")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    catalog, cache = load_catalog(args.catalog), FeatureCache(args.cache)
+    model = create_model(pretrained=args.checkpoint).eval()
+    processor = load_processor(args.checkpoint, 64, model.config.grids)
+    data = {}
+    for split in (args.train_split, args.split):
+        pairs = PairInputs(split_products(catalog, args.split_file, split), cache, processor)
+        states = frozen_states(model, pairs)
+        states["[text mean; patch mean]"] = np.concatenate([states["text mean"], states["patch mean"]], 1)
+        data[split] = (states, [product_label(p, args.target) for p in pairs.products])
+    (train, y_train), (test, y_test) = data[args.train_split], data[args.split]
+    print(f"| frozen state of {args.checkpoint} | {args.target} accuracy on {args.split} ({len(y_test)}) |")
+    print("|---|---:|")
+    for name in train:
+        mean, std = train[name].mean(0), train[name].std(0) + 1e-6
+        clf = LogisticRegression(C=1.0, max_iter=2000).fit((train[name] - mean) / std, y_train)
+        print(f"| {name} | {100 * clf.score((test[name] - mean) / std, y_test):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
