@@ -12,10 +12,11 @@ from kaleido.data import read_split
 from kaleido.finetune import (CaptionConfig, CategoryConfig, PairInputs, RetrievalConfig, load_task,
                               seq2seq_pattern)
 from kaleido.finetune.caption import CaptionCollator, CaptionTask
-from kaleido.finetune.category import UNKNOWN, CategoryDataset
+from kaleido.finetune.category import UNKNOWN, CategoryCollator, CategoryDataset, CategoryTask
 from kaleido.finetune.retrieval import PairCollator, RetrievalDataset, RetrievalTask
 from kaleido.model import KaleidoProcessor, create_model
 from kaleido.patches.cache import FeatureCache
+from kaleido.training import param_groups
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,48 @@ def test_category_labels_unknown_to_the_classifier_are_ignored(pairs):
         CategoryConfig(targets=[])
     with pytest.raises(ValueError, match="stands alone"):
         CategoryConfig(targets=["all", "gender"])
+
+
+def test_category_means_pooling_reads_the_text_and_patch_means_and_survives_saving(pairs, tmp_path):
+    torch.manual_seed(0)
+    labels = {"category": sorted({p.category for p in pairs.products})}
+    task = CategoryTask(create_model("tiny", feature_dim=32), CategoryConfig(targets=["category"], pooling="means"),
+                        labels).eval()
+    data = CategoryDataset(pairs, labels)
+    batch = CategoryCollator(pairs, "image+text")([data[i] for i in range(4)])
+    with torch.no_grad():
+        out = task.model(batch["input_ids"], batch["patch_features"], batch["patch_positions"], batch["attention_mask"])
+        text, patches = out.modality_means()
+        head = task.classifiers["category"]
+        assert head.in_features == 2 * task.model.config.hidden_size
+        expected = head(torch.cat([text, patches], dim=-1))
+        torch.testing.assert_close(task.logits(batch)["category"], expected)
+        # the two halves of the head see different things: the text half moves with the title
+        assert not torch.allclose(text, patches)
+        task.save_pretrained(tmp_path / "c")
+        again = load_task(tmp_path / "c")
+        assert again.cfg.pooling == "means"
+        torch.testing.assert_close(again.logits(batch)["category"], task.logits(batch)["category"])
+    with pytest.raises(ValueError, match="pooling"):
+        CategoryConfig(pooling="cls")
+    with pytest.raises(ValueError, match="head_lr_scale"):
+        CategoryConfig(head_lr_scale=0)
+
+
+def test_category_head_learns_at_its_own_rate(pairs):
+    labels = {"category": sorted({p.category for p in pairs.products})}
+    task = CategoryTask(create_model("tiny", feature_dim=32), CategoryConfig(targets=["category"], head_lr_scale=10),
+                        labels)
+    groups = param_groups(task, 0.01, lr=1e-4)
+    head = {id(p) for p in task.classifiers.parameters()}
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        assert not ids or ids <= head or not ids & head   # no group mixes head and encoder
+        if ids & head:
+            assert g["lr"] == pytest.approx(1e-3)
+        elif ids:
+            assert "lr" not in g                          # the encoder at the run's rate
+    assert sum(len(g["params"]) for g in groups if "lr" in g) == len(head)
 
 
 def test_save_and_load_keep_the_scores(pairs, tmp_path):

@@ -45,6 +45,25 @@ def test_one_encoder_and_the_loss_is_the_weighted_sum(pairs):
     assert {"retrieval_loss", "category_loss", "subcategory_loss", "caption_loss"} <= set(out)
 
 
+def test_each_head_keeps_its_learning_rate_inside_the_multitask_model(pairs):
+    from kaleido.finetune import CategoryConfig
+    from kaleido.training import param_groups
+
+    torch.manual_seed(0)
+    cfg = FinetuneConfig(retrieval=RetrievalConfig(text_negatives=1, image_negatives=1, encoder_lr_scale=0.5),
+                         category=CategoryConfig(head_lr_scale=10), caption=CaptionConfig(max_len=6))
+    task = build_task("multitask", cfg, create_model("tiny", feature_dim=32), pairs)
+    lr_of = {}
+    for g in param_groups(task, 0.01, lr=1e-4):
+        for p in g["params"]:
+            lr_of[id(p)] = g.get("lr", 1e-4)
+    for name, p in task.named_parameters():
+        if name.startswith("tasks.category.classifiers."):
+            assert lr_of[id(p)] == pytest.approx(1e-3), name
+        elif name.startswith(("model.encoder.", "model.embeddings.")):
+            assert lr_of[id(p)] == pytest.approx(5e-5), name
+
+
 def test_the_folder_loads_as_each_task_with_the_same_outputs(pairs, tmp_path):
     task = _multitask(pairs).eval()
     task.save_pretrained(tmp_path / "m")

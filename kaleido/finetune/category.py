@@ -1,4 +1,9 @@
-"""Category, subcategory and attribute recognition: classifiers on the pooled [CLS].
+"""Category, subcategory and attribute recognition: linear classifiers on the encoder's output.
+
+The classifiers read the pooled output (``pooling=pooled``) or the mean text state and the
+mean patch state side by side (``pooling=means``: frozen, these two already separate the
+subcategories better than the pooled output, ``scripts/frozen_probe.py``). A fresh head
+learns at ``head_lr_scale`` x the run's rate, the pre-trained encoder at the run's rate.
 
 The targets are ``category`` and ``subcategory`` (CR, SUB) and any attribute column of the
 catalog (``baseColour``, ``gender``, ``usage``, ``season``, ``masterCategory`` in
@@ -23,6 +28,7 @@ from kaleido.finetune.pairs import PairInputs
 from kaleido.model.modeling import KaleidoBertModel
 
 INPUTS = ("image+text", "image")
+POOLINGS = ("pooled", "means")
 UNKNOWN = -100
 
 
@@ -34,6 +40,8 @@ class CategoryConfig:
     targets: list[str] = field(default_factory=lambda: ["category", "subcategory"])
     inputs: str = "image+text"   # image+text (the paper) | image (the title left out: [CLS] [SEP])
     dropout: float = 0.1
+    pooling: str = "pooled"      # pooled (the encoder's pooled output) | means ([text mean; patch mean])
+    head_lr_scale: float = 1.0   # the classifiers' learning rate / the run's (the encoder's) rate
 
     def __post_init__(self):
         if not self.targets or any(not isinstance(t, str) or not t.strip() for t in self.targets):
@@ -43,6 +51,10 @@ class CategoryConfig:
             raise ValueError(f"category targets: 'all' stands alone, not in {self.targets}")
         if self.inputs not in INPUTS:
             raise ValueError(f"category inputs must be one of {INPUTS}, not {self.inputs!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"category pooling must be one of {POOLINGS}, not {self.pooling!r}")
+        if not self.head_lr_scale > 0:
+            raise ValueError(f"category head_lr_scale must be > 0, not {self.head_lr_scale}")
 
 
 def product_label(product, target: str) -> str:
@@ -98,7 +110,7 @@ class CategoryCollator:
 
 
 class CategoryTask(FinetuneTask):
-    """Kaleido-BERT + one linear classifier per target on the pooled [CLS]."""
+    """Kaleido-BERT + one linear classifier per target on the pooled output or the modality means."""
 
     kind = "category"
     config_class = CategoryConfig
@@ -107,8 +119,8 @@ class CategoryTask(FinetuneTask):
         super().__init__(model, cfg)
         self.labels = {t: list(names) for t, names in labels.items()}
         self.dropout = nn.Dropout(cfg.dropout)
-        self.classifiers = nn.ModuleDict({t: nn.Linear(model.config.hidden_size, len(self.labels[t]))
-                                          for t in self.labels})
+        width = model.config.hidden_size * (2 if cfg.pooling == "means" else 1)
+        self.classifiers = nn.ModuleDict({t: nn.Linear(width, len(self.labels[t])) for t in self.labels})
 
     @classmethod
     def build(cls, model, cfg, info):
@@ -117,11 +129,19 @@ class CategoryTask(FinetuneTask):
     def extras(self) -> dict:
         return {"labels": self.labels}
 
+    def lr_scales(self) -> dict[str, float]:
+        """``{parameter prefix: learning-rate factor}`` for the shared loop's param groups."""
+        return {} if self.cfg.head_lr_scale == 1.0 else {"classifiers.": self.cfg.head_lr_scale}
+
+    def features(self, out) -> torch.Tensor:
+        """(B, H) or (B, 2H): what the classifiers read, per ``pooling``."""
+        return torch.cat(out.modality_means(), dim=-1) if self.cfg.pooling == "means" else out.pooled
+
     def logits(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self.model(batch["input_ids"], batch["patch_features"], batch["patch_positions"],
                          batch["attention_mask"])
-        pooled = self.dropout(out.pooled)
-        return {t: head(pooled).float() for t, head in self.classifiers.items()}
+        features = self.dropout(self.features(out))
+        return {t: head(features).float() for t, head in self.classifiers.items()}
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         results = {}

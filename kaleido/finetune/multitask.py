@@ -85,10 +85,12 @@ class MultitaskTask(FinetuneTask):
         self.tasks = nn.ModuleDict(tasks)
 
     def lr_scales(self) -> dict[str, float]:
-        """The tasks' learning-rate factors (their parameter names are the shared ``model.``)."""
+        """The tasks' learning-rate factors: the encoder's (``model.``) as they are, a head's
+        under its task's name (``tasks.category.classifiers.``)."""
         scales: dict[str, float] = {}
-        for task in self.tasks.values():
-            scales.update(task.lr_scales() if hasattr(task, "lr_scales") else {})
+        for kind, task in self.tasks.items():
+            for prefix, factor in (task.lr_scales() if hasattr(task, "lr_scales") else {}).items():
+                scales[prefix if prefix.startswith("model.") else f"tasks.{kind}.{prefix}"] = factor
         return scales
 
     def init_from_pretraining(self, path: str | Path) -> dict[str, bool]:
