@@ -566,7 +566,7 @@ def test_itm_accuracy_threshold_free_figures_ignore_the_offset_a_softmax_leaves_
         def score(self, images, texts):  # true pairs score higher on average
             return np.where(images == texts, 1.0, 0.0) + quality[texts] + self.shift
 
-    low, high = itm_accuracy(Scorer(-5.0), products), itm_accuracy(Scorer(5.0), products)
+    low, high = itm_accuracy(Scorer(-5.0).score, products), itm_accuracy(Scorer(5.0).score, products)
     assert low["positive_accuracy"] == 0.0 and high["negative_accuracy"] == 0.0
     assert low["accuracy"] == high["accuracy"] == 0.5
     assert low["pairwise_accuracy"] == high["pairwise_accuracy"] > 0.5

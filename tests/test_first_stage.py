@@ -141,6 +141,10 @@ def test_eval_without_exhaustive_scores_only_the_reranked_pairs(dual_dir, rerank
     assert fused[0.0]["SumR"] == pytest.approx(fast["dual"]["SumR"])
     assert fused[0.0]["full_catalog"]["ITR"] == fast["dual"]["full_catalog"]["ITR"]
     assert fused[1e6]["SumR"] == pytest.approx(fast["two_stage"]["SumR"])
+    # the ITM pairs scored by each matcher: weight 0 is the first stage's, a huge weight ITM's
+    assert fused[0.0]["itm"]["auc"] == pytest.approx(fast["dual"]["itm"]["auc"])
+    assert fused[1e6]["itm"]["auc"] == pytest.approx(fast["itm"]["auc"])
+    assert fused[1e6]["itm"]["pairwise_accuracy"] == pytest.approx(fast["itm"]["pairwise_accuracy"])
     with pytest.raises(ValueError, match="dual=PATH"):
         evaluate_retrieval(task, pairs, EvalConfig(kb101=kb, exhaustive=False), cache)
 

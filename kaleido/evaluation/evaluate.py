@@ -154,7 +154,7 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig, 
     result["filled_from_category"] = int(sum(d.filled_from_category for d in draws))
     result["filled_from_any"] = int(sum(d.filled_from_any for d in draws))
     result["same_title_excluded"] = int(sum(d.same_title_excluded for d in draws))
-    result["itm"] = itm_accuracy(scorer, products, seed=cfg.kb101.seed)  # clean pairs, hard negatives
+    result["itm"] = itm_accuracy(scorer.score, products, seed=cfg.kb101.seed)  # clean pairs, hard negatives
     if cfg.prior:
         from kaleido.baselines.linear_probe import ProbePrior
 
@@ -186,6 +186,8 @@ def _dual_systems(scorer: PairScorer, products, draws, cache, cfg: EvalConfig) -
     groups = title_codes([p.title for p in products[:n]]) if n >= 2 else None
     out = {"dual": retrieval_figures(stage.score, products, draws, cfg.full_catalog),
            "first_stage": stage.source}
+    # the ITM pairs (true pair vs a same-subcategory negative) scored by the first stage alone
+    out["dual"]["itm"] = itm_accuracy(stage.score, products, seed=cfg.kb101.seed)
 
     def system(second) -> dict:
         figures = retrieval_figures(lambda i, t: two_stage_rows(stage.score(i, t), second, i, t, k),
@@ -199,8 +201,9 @@ def _dual_systems(scorer: PairScorer, products, draws, cache, cfg: EvalConfig) -
     out["two_stage"] = system(scorer.score)
     out["two_stage_fused"] = {}
     for w in cfg.fusion_weights:
-        out["two_stage_fused"][float(w)] = {**system(lambda i, t, w=w: stage.score(i, t) + w * scorer.score(i, t)),
-                                  "fusion_weight": float(w)}
+        fused = lambda i, t, w=w: stage.score(i, t) + w * scorer.score(i, t)  # noqa: E731
+        out["two_stage_fused"][float(w)] = {**system(fused), "fusion_weight": float(w),
+                                            "itm": itm_accuracy(fused, products, seed=cfg.kb101.seed)}
     return out
 
 

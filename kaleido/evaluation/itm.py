@@ -1,7 +1,8 @@
 """ITM accuracy on clean pairs with same-subcategory negatives (the matching target of the
 evaluation protocol): every product's true pair and one pair of its image with the title of
 another product of the same subcategory (filled from the category, then anywhere), never a
-same-title twin; a pair is called a match when its match log-odds are positive.
+same-title twin; a pair is called a match when its match log-odds are positive. The same
+pairs score any matcher: the ITM head, a first stage, a first stage + w x ITM.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ def itm_negatives(products, seed: int = 0) -> np.ndarray:
     return out
 
 
-def itm_accuracy(scorer, products, seed: int = 0) -> dict:
+def itm_accuracy(score, products, seed: int = 0) -> dict:
     """Accuracy of the sign of the match log-odds on N positives + N hard negatives.
 
     Args:
-        scorer: a :class:`kaleido.evaluation.scorer.PairScorer` over ``products``.
+        score: ``score(images, texts) -> (N,)`` match scores of pairs of product indices: a
+            :class:`kaleido.evaluation.scorer.PairScorer`'s ``score``, a first stage's, or a fusion.
         products: the products (``scorer``'s order).
         seed: seed of the negative draw.
 
@@ -48,8 +50,8 @@ def itm_accuracy(scorer, products, seed: int = 0) -> dict:
         raise ValueError("ITM accuracy needs at least 2 products")
     idx = np.arange(n)
     neg = itm_negatives(products, seed)
-    pos_scores = scorer.score(idx, idx)
-    neg_scores = scorer.score(idx, neg)
+    pos_scores = np.asarray(score(idx, idx))
+    neg_scores = np.asarray(score(idx, neg))
     same_sub = np.mean([products[i].subcategory == products[j].subcategory for i, j in zip(idx, neg)])
     return {"accuracy": float(np.mean(np.concatenate([pos_scores > 0, neg_scores <= 0]))),
             "positive_accuracy": float(np.mean(pos_scores > 0)),
