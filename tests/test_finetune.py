@@ -141,6 +141,31 @@ def test_category_means_pooling_reads_the_text_and_patch_means_and_survives_savi
         CategoryConfig(head_lr_scale=0)
 
 
+def test_category_input_skip_reads_the_1x1_patch_feature(pairs, tmp_path):
+    torch.manual_seed(0)
+    labels = {"category": sorted({p.category for p in pairs.products})}
+    task = CategoryTask(create_model("tiny", feature_dim=32), CategoryConfig(targets=["category"], input_skip=True),
+                        labels).eval()
+    data = CategoryDataset(pairs, labels)
+    batch = CategoryCollator(pairs, "image")([data[i] for i in range(4)])
+    h = task.model.config.hidden_size
+    assert task.classifiers["category"].in_features == h + 32
+    with torch.no_grad():
+        base = task.logits(batch)["category"]
+        changed = dict(batch, patch_features=batch["patch_features"].clone())
+        changed["patch_features"][:, 0] = torch.randn_like(changed["patch_features"][:, 0])
+        task.save_pretrained(tmp_path / "s")
+        torch.testing.assert_close(load_task(tmp_path / "s").logits(changed)["category"], task.logits(changed)["category"])
+        task.classifiers["category"].weight[:, :h] = 0      # only the skip half left
+        skip_only, skip_changed = task.logits(batch)["category"], task.logits(changed)["category"]
+        assert not torch.allclose(skip_only, skip_changed)  # the skip reads the 1x1 patch
+        assert not torch.allclose(base, skip_only)
+    groups = param_groups(CategoryTask(create_model("tiny", feature_dim=32),
+                                       CategoryConfig(targets=["category"], input_skip=True, head_lr_scale=10), labels),
+                          0.01, lr=1e-4)
+    assert sum(len(g["params"]) for g in groups if "lr" in g) == 4   # classifier and skip norm, weights and biases
+
+
 def test_category_head_learns_at_its_own_rate(pairs):
     labels = {"category": sorted({p.category for p in pairs.products})}
     task = CategoryTask(create_model("tiny", feature_dim=32), CategoryConfig(targets=["category"], head_lr_scale=10),

@@ -42,6 +42,9 @@ class CategoryConfig:
     dropout: float = 0.1
     pooling: str = "pooled"      # pooled (the encoder's pooled output) | means ([text mean; patch mean])
     head_lr_scale: float = 1.0   # the classifiers' learning rate / the run's (the encoder's) rate
+    # the classifiers also read the 1x1 patch's backbone feature (layer-normed), past the encoder:
+    # frozen, that input separates subcategories better than the budget encoder's outputs
+    input_skip: bool = False
 
     def __post_init__(self):
         if not self.targets or any(not isinstance(t, str) or not t.strip() for t in self.targets):
@@ -120,6 +123,12 @@ class CategoryTask(FinetuneTask):
         self.labels = {t: list(names) for t, names in labels.items()}
         self.dropout = nn.Dropout(cfg.dropout)
         width = model.config.hidden_size * (2 if cfg.pooling == "means" else 1)
+        if cfg.input_skip:
+            if model.config.grids[0] != 1:
+                raise ValueError(f"category.input_skip reads the 1x1 patch, but the model's grids are "
+                                 f"{model.config.grids}")
+            self.skip_norm = nn.LayerNorm(model.config.feature_dim)
+            width += model.config.feature_dim
         self.classifiers = nn.ModuleDict({t: nn.Linear(width, len(self.labels[t])) for t in self.labels})
 
     @classmethod
@@ -131,16 +140,21 @@ class CategoryTask(FinetuneTask):
 
     def lr_scales(self) -> dict[str, float]:
         """``{parameter prefix: learning-rate factor}`` for the shared loop's param groups."""
-        return {} if self.cfg.head_lr_scale == 1.0 else {"classifiers.": self.cfg.head_lr_scale}
+        if self.cfg.head_lr_scale == 1.0:
+            return {}
+        return {"classifiers.": self.cfg.head_lr_scale, "skip_norm.": self.cfg.head_lr_scale}
 
-    def features(self, out) -> torch.Tensor:
-        """(B, H) or (B, 2H): what the classifiers read, per ``pooling``."""
-        return torch.cat(out.modality_means(), dim=-1) if self.cfg.pooling == "means" else out.pooled
+    def features(self, out, patch_features: torch.Tensor) -> torch.Tensor:
+        """(B, H) or (B, 2H) per ``pooling``, then the 1x1 patch's feature with ``input_skip``."""
+        x = torch.cat(out.modality_means(), dim=-1) if self.cfg.pooling == "means" else out.pooled
+        if self.cfg.input_skip:
+            x = torch.cat([x, self.skip_norm(patch_features[:, 0].to(x.dtype))], dim=-1)
+        return x
 
     def logits(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self.model(batch["input_ids"], batch["patch_features"], batch["patch_positions"],
                          batch["attention_mask"])
-        features = self.dropout(self.features(out))
+        features = self.dropout(self.features(out, batch["patch_features"]))
         return {t: head(features).float() for t, head in self.classifiers.items()}
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
