@@ -123,3 +123,6 @@ def test_eval_ranks_by_itm_by_the_prior_and_by_their_sum(pretrain_data, tmp_path
     assert big["fused"]["SumR"] == pytest.approx(big["prior"]["SumR"])
     assert big["prior"]["SumR"] == pytest.approx(zero["prior"]["SumR"])
     assert 0.0 <= zero["itm"]["accuracy"] <= 1.0 and zero["itm"]["pairs"] == 2 * len(ids)
+    # the reference scores the same ITM pairs, whatever the fusion weight
+    assert zero["prior"]["itm"]["pairs"] == 2 * len(ids) and zero["prior"]["itm"] == big["prior"]["itm"]
+    assert zero["prior"]["itm"]["auc"] != zero["itm"]["auc"]

@@ -161,6 +161,7 @@ def evaluate_retrieval(task: RetrievalTask, pairs: PairInputs, cfg: EvalConfig, 
         prior = ProbePrior(cfg.prior, products)
         w = cfg.prior_weight
         result["prior"] = retrieval_figures(prior.score, products, draws, cfg.full_catalog)
+        result["prior"]["itm"] = itm_accuracy(prior.score, products, seed=cfg.kb101.seed)  # the same ITM pairs
     if cfg.prior and cfg.exhaustive:  # the fusion needs ITM on every pair
         result["fused"] = retrieval_figures(lambda i, t: scorer.score(i, t) + w * prior.score(i, t),
                                             products, draws, cfg.full_catalog,
