@@ -8,8 +8,9 @@ regressions (C=1, standardised) on its frozen states, trained on one split, scor
 Rows (accuracy %; image + title inputs, or ``--inputs image``): the pooled output, the mean
 text state, the mean patch state (in the fused pass the patches have seen the title), the two
 means side by side (``category.pooling=means``), the 1x1 patch's output state, that patch's
-backbone feature, and the whole image's backbone feature (the linear reference's image input). If these beat a fine-tuned classifier on the same encoder, the
-fine-tuning recipe, not the encoder, is what falls short.
+backbone feature, and the whole image's backbone feature (the linear reference's image
+input). If these beat a fine-tuned classifier on the same encoder, the fine-tuning recipe, not
+the encoder, is what falls short.
 """
 
 from __future__ import annotations
@@ -21,22 +22,22 @@ import torch
 
 from kaleido.data import load_catalog
 from kaleido.data.split import split_products
-from kaleido.finetune.category import product_label
+from kaleido.finetune.category import product_label, title_free_ids
 from kaleido.finetune.pairs import PairInputs
 from kaleido.finetune.run import load_processor
 from kaleido.model import create_model
 from kaleido.patches.cache import FeatureCache
 
 
-def frozen_states(model, pairs: PairInputs, inputs: str = "image+text", batch_size: int = 64) -> dict[str, np.ndarray]:
+def frozen_states(model, pairs: PairInputs, inputs: str = "image+text",
+                  batch_size: int = 64) -> dict[str, np.ndarray]:
     """(N, H) states of the true pairs of ``pairs``: ``pooled``, ``text mean``, ``patch mean``,
     ``1x1 patch`` (the output state of the cache's first patch, the 1x1 grid of the foreground
     box); and two raw inputs: ``1x1 patch input`` (that patch's backbone feature, what the model
     reads) and, when the cache carries them, ``whole-image input`` (the whole 224 px image's
     pooled feature: the linear reference's image input, which the model never sees).
     ``inputs="image"`` leaves the title out ([CLS] [SEP]), as ``category.inputs=image`` does."""
-    tok = pairs.processor.tokenizer
-    empty = np.array([tok.cls_token_id, tok.sep_token_id])
+    empty = title_free_ids(pairs.processor.tokenizer)
     out: dict[str, list] = {k: [] for k in ("pooled", "text mean", "patch mean", "1x1 patch",
                                             "1x1 patch input")}
     if all(pairs.cache.has_whole_image(p.id) for p in pairs.products):

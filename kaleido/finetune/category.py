@@ -96,11 +96,15 @@ class CategoryDataset(Dataset):
         return {"index": i, **{f"{t}_labels": self.targets[t][i] for t in self.targets}}
 
 
+def title_free_ids(tokenizer) -> np.ndarray:
+    """The text of ``inputs=image``: ``[CLS] [SEP]``, the title left out."""
+    return np.array([tokenizer.cls_token_id, tokenizer.sep_token_id])
+
+
 class CategoryCollator:
     def __init__(self, pairs: PairInputs, inputs: str):
         self.pairs, self.inputs = pairs, inputs
-        tok = pairs.processor.tokenizer
-        self.empty = np.array([tok.cls_token_id, tok.sep_token_id])
+        self.empty = title_free_ids(pairs.processor.tokenizer)
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         idx = [it["index"] for it in items]
