@@ -342,6 +342,48 @@ def test_compare_evals_puts_systems_side_by_side(tmp_path, capsys):
         compare.main([str(tmp_path / "bad.json")])
 
 
+def _two_stage(r1: float) -> dict:
+    """A ``kaleido eval ... dual= prior=`` retrieval result as its JSON reads back (weights as strings)."""
+    itm = {"pairwise_accuracy": 0.6471, "auc": 0.6, "accuracy": 0.55, "positive_accuracy": 0.7,
+           "negative_accuracy": 0.4, "pairs": 1450}
+    dual = {**_summary(0.45), "itm": {**itm, "pairwise_accuracy": 0.9159}}
+    return {"sampling": "5 draws", "itm": itm, "prior": {**_summary(0.49), "itm": {**itm, "auc": 0.887}},
+            "dual": dual, "two_stage": {**_summary(r1), "rerank_k": 10},
+            "two_stage_fused": {"0.5": {**_summary(0.46), "fusion_weight": 0.5,
+                                        "itm": {**itm, "pairwise_accuracy": 0.913}}}}
+
+
+def test_retrieval_systems_names_every_row_of_a_two_stage_result():
+    from kaleido.evaluation import format_itm, retrieval_systems
+
+    assert list(retrieval_systems("M", _summary(0.2))) == ["M"]
+    rows = retrieval_systems("M", _two_stage(0.15))
+    assert list(rows) == ["linear reference (same draws)", "first stage (same draws)",
+                          "first stage top 10 + M ITM", "first stage top 10, its logit + 0.5 x M ITM"]
+    assert rows["first stage top 10 + M ITM"]["ITR"]["R@1"] == 0.15
+    text = format_itm({"M": _two_stage(0.15), **rows})
+    assert "| M | 0.647 | 0.600 | 0.550 | 0.700 | 0.400 | 1450 |" in text
+    assert "| first stage (same draws) | 0.916 |" in text
+    assert "| linear reference (same draws) | 0.647 | 0.887 |" in text
+    assert "first stage top 10 + M ITM |" not in text  # re-ranking alone has no ITM pairs of its own
+    with pytest.raises(ValueError, match="format_itm"):
+        format_itm([1, 2])
+
+
+def test_compare_evals_prefixes_the_rows_of_two_stage_results(tmp_path, capsys):
+    import json
+
+    compare = _load_script("compare_evals")
+    for name, r1 in (("A", 0.15), ("B", 0.25)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "retrieval": _two_stage(r1)}))
+    assert compare.main([str(tmp_path / "A.json"), str(tmp_path / "B.json")]) == 0
+    text = capsys.readouterr().out
+    assert "| first stage top 10 + A ITM | 15.00 ± 1.00 |" in text
+    assert "| first stage top 10 + B ITM | 25.00 ± 1.00 |" in text
+    assert "| B: first stage (same draws) | 45.00 ± 1.00 |" in text
+    assert "ITM on clean pairs" in text and "| first stage top 10, its logit + 0.5 x B ITM | 0.913 |" in text
+
+
 # ----------------------------------------------------------------------------- same titles
 
 

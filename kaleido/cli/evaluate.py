@@ -31,8 +31,8 @@ def register(sub) -> None:
 def cmd_eval(args) -> int:
     from ..data import load_catalog
     from ..evaluation.evaluate import EvalConfig, evaluate, find_checkpoints
-    from ..evaluation.tables import (format_full_catalog, format_table2, format_table3, table3_row,
-                                     to_jsonable)
+    from ..evaluation.tables import (format_full_catalog, format_itm, format_table2, format_table3,
+                                     retrieval_systems, table3_row, to_jsonable)
     from ..data import split_products
 
     cfg = load_config(EvalConfig, None, list(args.overrides))
@@ -47,27 +47,15 @@ def cmd_eval(args) -> int:
     name = args.name or (args.model if args.model else args.checkpoint.name)
     if "retrieval" in result:
         r = result["retrieval"]
-        systems = {name: r} if "ITR" in r else {}
-        if "prior" in r:
-            systems = {"linear reference (same draws)": r["prior"], **systems}
-        if "fused" in r:
-            systems[f"{name} ITM + {r['fused']['prior_weight']:g} x linear reference"] = r["fused"]
-        if "dual" in r:
-            k = r["two_stage"]["rerank_k"]
-            systems = {**systems, "first stage (same draws)": r["dual"],
-                       f"first stage top {k} + {name} ITM": r["two_stage"]}
-            for w, fused in r.get("two_stage_fused", {}).items():
-                systems[f"first stage top {k}, its logit + {w:g} x {name} ITM"] = fused
+        systems = retrieval_systems(name, r)
         print(f"\nTable 2 (KB-101 retrieval; {r['sampling']})\n" + format_table2(systems, with_std=True))
         full = {k: v["full_catalog"] for k, v in systems.items() if "full_catalog" in v}
         if full:
             print(f"\nFull-catalog retrieval ({next(iter(full.values()))['products']} products; any same-title "
                   f"product is a hit)\n" + format_full_catalog(full))
-        itm = r["itm"]
-        print(f"\nITM accuracy on clean pairs, 1 positive + 1 same-subcategory negative per product "
-              f"({itm['pairs']} pairs): {itm['accuracy']:.3f} (positives {itm['positive_accuracy']:.3f}, "
-              f"negatives {itm['negative_accuracy']:.3f}); threshold-free: true pair above its negative "
-              f"{itm.get('pairwise_accuracy', float('nan')):.3f}, ROC AUC {itm.get('auc', float('nan')):.3f}")
+        itm = {name: r, **systems}  # the checkpoint's own ITM first (a two-stage result has no row of its own)
+        print(f"\nITM on clean pairs, 1 true pair + 1 same-subcategory negative per product "
+              f"(the sign accuracy needs a calibrated offset, the first two columns do not)\n" + format_itm(itm))
     if {"category", "subcategory", "caption"} & set(result):
         print("\nTable 3 (category, subcategory, captioning)\n" + format_table3({name: table3_row(result)}))
         for target in ("category", "subcategory"):

@@ -8,9 +8,16 @@ from .metrics import (
     recall_at_k,
     retrieval_summary,
 )
-from .tables import format_full_catalog, format_table2, format_table3, to_jsonable
+from .tables import (
+    format_full_catalog,
+    format_itm,
+    format_table2,
+    format_table3,
+    retrieval_systems,
+    to_jsonable,
+)
 
 __all__ = ["KB101Config", "RetrievalDraw", "classification_metrics", "describe",
-           "format_full_catalog", "format_table2", "format_table3", "full_catalog_ranks",
-           "ranks_from_scores", "recall_at_k", "retrieval_summary", "sample_draw", "sample_kb101",
-           "to_jsonable"]
+           "format_full_catalog", "format_itm", "format_table2", "format_table3", "full_catalog_ranks",
+           "ranks_from_scores", "recall_at_k", "retrieval_summary", "retrieval_systems", "sample_draw",
+           "sample_kb101", "to_jsonable"]

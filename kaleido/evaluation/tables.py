@@ -179,3 +179,48 @@ def format_full_catalog(rows: Mapping[str, Mapping]) -> str:
             cells.append(_cell(row, (d, "mrr"), 1.0, 3))
         body.append([_system(name)] + cells)
     return _markdown(header, body)
+
+
+def retrieval_systems(name: str, result: Mapping) -> dict[str, Mapping]:
+    """The rows of one ``evaluate(...)["retrieval"]`` result (or its JSON), named for a table.
+
+    A plain result is one row, ``name``. A result with the linear reference (``prior``), the
+    reference fused with ITM (``fused``), or a first stage (``dual``: its own row, its top
+    ``rerank_k`` re-ranked by ITM alone, and each fused weight) gets a row for each, in that
+    order: the rows :func:`format_table2`, :func:`format_full_catalog` and :func:`format_itm`
+    print. JSON turns the fusion weights into strings; both spellings are read.
+    """
+    rows: dict[str, Mapping] = {}
+    if "prior" in result:
+        rows["linear reference (same draws)"] = result["prior"]
+    if "ITR" in result:
+        rows[name] = result
+    if "fused" in result:
+        rows[f"{name} ITM + {float(result['fused']['prior_weight']):g} x linear reference"] = result["fused"]
+    if "dual" in result:
+        k = result["two_stage"]["rerank_k"]
+        rows["first stage (same draws)"] = result["dual"]
+        rows[f"first stage top {k} + {name} ITM"] = result["two_stage"]
+        for w, fused in result.get("two_stage_fused", {}).items():
+            rows[f"first stage top {k}, its logit + {float(w):g} x {name} ITM"] = fused
+    return rows
+
+
+def format_itm(rows: Mapping[str, Mapping]) -> str:
+    """ITM on clean pairs (each product's true pair and one same-subcategory negative), one row
+    per system that has ``itm`` (:func:`kaleido.evaluation.itm.itm_accuracy`): the share of
+    true pairs scored above their negative, the ROC AUC, and the sign accuracy (positives /
+    negatives) with its pair count. Systems without ``itm`` are left out."""
+    _check_rows(rows, "format_itm")
+    header = ["system", "true pair above its negative", "ROC AUC", "accuracy", "positives", "negatives", "pairs"]
+    body = []
+    for name, row in rows.items():
+        if not isinstance(row, Mapping) or "itm" not in row:
+            continue
+        itm = row["itm"]
+        pairs = _get(itm, "pairs")
+        body.append([_system(name)]
+                    + [_cell(itm, (key,), 1.0, 3) for key in ("pairwise_accuracy", "auc", "accuracy",
+                                                             "positive_accuracy", "negative_accuracy")]
+                    + [MISSING if pairs is ... else str(int(pairs))])
+    return _markdown(header, body)
