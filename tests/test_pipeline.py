@@ -35,12 +35,16 @@ def test_stages_are_the_commands_in_order(tmp_path):
     cfg = load_config(PipelineConfig, "default", ["finetune.tasks=[retrieval,category]", "index.enabled=false"],
                       component="pipeline")
     stages = build_stages(cfg, ["--catalog", "C", "--columns", "auto"], tmp_path)
-    assert [s.name for s in stages] == ["split", "baseline", "patches", "sat", "align", "pretrain",
-                                        "finetune-retrieval", "finetune-category", "dual", "eval", "eval-dual"]
+    # the dual encoder before fine-tuning: it is the first stage retrieval mines hard negatives from
+    assert [s.name for s in stages] == ["split", "baseline", "patches", "dual", "sat", "align", "pretrain",
+                                        "finetune-retrieval", "finetune-category", "eval", "eval-dual"]
     by_name = {s.name: s for s in stages}
     assert by_name["split"].commands[0][:3] == ["data", "split", "C"]
     ft = by_name["finetune-category"].commands[0]
     assert ft[:4] == ["finetune", "category", "--from", str(tmp_path / "pretrain" / "final")]
+    assert not any(a.startswith("retrieval.first_stage=") for a in ft)
+    ret = by_name["finetune-retrieval"].commands[0]
+    assert f"retrieval.first_stage={tmp_path / 'dual' / 'final'}" in ret
     ev = by_name["eval"].commands
     assert f"dual={tmp_path / 'dual' / 'final'}" in ev[0] and "exhaustive=false" in ev[0]
     assert f"prior={tmp_path / 'baseline'}" in ev[0]  # the linear reference row on the same draws
@@ -83,6 +87,8 @@ def test_the_one_encoder_model_is_evaluated_beside_the_separate_ones(tmp_path):
     (["dual.enabled=false", "index.enabled=false"], "eval needs the dual stage"),
     (["pretrain.enabled=false"], "finetune needs the pretrain stage"),
     (["align.config=default"], "has no --config"),
+    (["dual.enabled=false", "index.enabled=false", "eval.enabled=false", "finetune.overrides=[retrieval.mining=first_stage]"],
+     "finetune needs the dual stage"),
 ])
 def test_a_stage_that_needs_a_disabled_one_is_refused_before_anything_runs(overrides, message, tmp_path):
     cfg = load_config(PipelineConfig, "default", overrides, component="pipeline")
@@ -116,7 +122,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     proc.wait()
     time.sleep(1.0)
     done = sorted(p.stem for p in (run / "stages").glob("*.json"))
-    assert done == ["align", "baseline", "patches", "sat", "split"]  # pretrain had started, not finished
+    assert done == ["align", "baseline", "dual", "index", "patches", "sat", "split"]  # pretrain had started, not finished
     # the running stage died with the pipeline: nothing writes into the run folder any more
     alive = subprocess.run(["pgrep", "-f", f"--out {run}/pretrain"], capture_output=True, text=True).stdout
     assert not alive.strip()
@@ -126,9 +132,10 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     status = {name: r["status"] for name, r in summary["stages"].items()}
-    assert status == {"split": "skipped", "baseline": "skipped", "patches": "skipped", "sat": "skipped", "align": "skipped",
-                      "pretrain": "ran", "finetune-retrieval": "ran", "finetune-category": "ran",
-                      "finetune-caption": "ran", "dual": "ran", "index": "ran", "eval": "ran", "eval-dual": "ran"}
+    assert status == {"split": "skipped", "baseline": "skipped", "patches": "skipped", "dual": "skipped",
+                      "index": "skipped", "sat": "skipped", "align": "skipped", "pretrain": "ran",
+                      "finetune-retrieval": "ran", "finetune-category": "ran", "finetune-caption": "ran",
+                      "eval": "ran", "eval-dual": "ran"}
     assert {p.name: p.read_text() for p in (run / "stages").glob("*.json") if p.name in before} == before
     assert "resuming" in (run / "logs" / "pretrain.log").read_text()   # the stage itself carried on
     pre = summary["stages"]["pretrain"]
@@ -139,6 +146,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
             "linear reference SumR"} <= set(ev)
     assert "SumR" in summary["stages"]["baseline"]["headline"]
     assert (run / "index").is_dir() and "SumR" in summary["stages"]["eval-dual"]["headline"]
+    assert list(summary["stages"]).index("dual") < list(summary["stages"]).index("finetune-retrieval")
 
     # a finished run is all skips; other settings in the same folder are refused
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)

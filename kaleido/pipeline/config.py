@@ -48,26 +48,29 @@ class PipelineConfig:
     """Every stage of ``kaleido pipeline``, in the order they run.
 
     ``split`` (``kaleido data split``), ``baseline`` (the frozen-feature linear reference,
-    ``kaleido baseline linear-probe``: a row of every results table), ``patches`` (saliency + kaleido patches: ``kaleido
-    patches extract``), ``sat`` (the captioner), ``align`` (token-patch alignments),
-    ``pretrain``, ``finetune`` (retrieval, category, caption), ``dual`` (the search dual
-    encoder), ``index`` (its FAISS index of the catalog) and ``eval`` (Tables 2 and 3 on the
-    test split with the two-stage systems, and the dual encoder's own evaluation).
+    ``kaleido baseline linear-probe``: a row of every results table), ``patches`` (saliency +
+    kaleido patches: ``kaleido patches extract``), ``dual`` (the search dual encoder),
+    ``index`` (its FAISS index of the catalog), ``sat`` (the captioner), ``align`` (token-patch
+    alignments), ``pretrain``, ``finetune`` (retrieval, category, caption, multitask) and
+    ``eval`` (Tables 2 and 3 on the test split with the two-stage systems, and the dual
+    encoder's own evaluation). The dual encoder comes before fine-tuning because it is the
+    first stage that retrieval fine-tuning mines its hard negatives from
+    (``retrieval.mining=first_stage``; ALBEF's align before fuse).
     """
 
     split: StageSettings = field(default_factory=StageSettings)
     baseline: StageSettings = field(default_factory=StageSettings)
     patches: StageSettings = field(default_factory=StageSettings)
+    dual: StageSettings = field(default_factory=StageSettings)
+    index: StageSettings = field(default_factory=StageSettings)
     sat: StageSettings = field(default_factory=StageSettings)
     align: StageSettings = field(default_factory=StageSettings)
     pretrain: StageSettings = field(default_factory=StageSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
-    dual: StageSettings = field(default_factory=StageSettings)
-    index: StageSettings = field(default_factory=StageSettings)
     eval: StageSettings = field(default_factory=StageSettings)
 
 
-SECTIONS = ("split", "baseline", "patches", "sat", "align", "pretrain", "finetune", "dual", "index", "eval")
+SECTIONS = ("split", "baseline", "patches", "dual", "index", "sat", "align", "pretrain", "finetune", "eval")
 OWN_KEYS = ("enabled", "config", "overrides", "tasks")
 
 

@@ -145,6 +145,8 @@ def _eval_figures(test: dict) -> dict:
 def check_stages(cfg: PipelineConfig) -> None:
     """Refuse, before anything runs, a combination whose later stage needs a disabled one."""
     needs = {"align": ["sat"], "finetune": ["pretrain"], "index": ["dual"], "eval": ["finetune"]}
+    if any(o.replace(" ", "") == "retrieval.mining=first_stage" for o in cfg.finetune.overrides):
+        needs["finetune"].append("dual")
     if any(o.replace(" ", "") == "exhaustive=false" for o in cfg.eval.overrides):
         needs["eval"].append("dual")
     for stage, required in needs.items():
@@ -183,6 +185,14 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
     add(cfg.patches, Stage("patches", [["patches", "extract", *catalog_args, "--out", cache,
                                         *_preset(cfg.patches), *cfg.patches.overrides]],
                            {"cache": cache}, lambda: _cache_headline(run)))
+    dual = run / "dual"
+    add(cfg.dual, Stage("dual", [["dual", "train", *catalog_args, *data, "--out", str(dual),
+                                  *_preset(cfg.dual), *cfg.dual.overrides]],
+                        {"model": str(dual / "final")}, lambda: _training_headline(dual / "log.csv")))
+    index = run / "index"
+    add(cfg.index, Stage("index", [["index", "build", *catalog_args, "--cache", cache, "--model", str(dual / "final"),
+                                    "--out", str(index), *cfg.index.overrides]],
+                         {"index": str(index)}, lambda: _index_headline(index)))
     add(cfg.sat, Stage("sat", [["sat", "train", *catalog_args, "--split-file", split, "--out", str(run / "sat"),
                                 *_preset(cfg.sat), *cfg.sat.overrides]],
                        {"sat": str(run / "sat")}, lambda: _training_headline(run / "sat" / "log.csv")))
@@ -196,19 +206,14 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
     if cfg.finetune.enabled:
         for task in cfg.finetune.tasks:
             out = run / "finetune" / task
+            # the dual encoder is the model retrieval.mining=first_stage mines negatives from
+            mining = ([f"retrieval.first_stage={dual / 'final'}"]
+                      if cfg.dual.enabled and task in ("retrieval", "multitask") else [])
             stages.append(Stage(f"finetune-{task}",
                                 [["finetune", task, "--from", str(pre / "final"), *catalog_args, *data,
-                                  "--out", str(out), *_preset(cfg.finetune), *cfg.finetune.overrides]],
+                                  "--out", str(out), *_preset(cfg.finetune), *mining, *cfg.finetune.overrides]],
                                 {"model": str(out / "final")},
                                 lambda out=out: _training_headline(out / "log.csv")))
-    dual = run / "dual"
-    add(cfg.dual, Stage("dual", [["dual", "train", *catalog_args, *data, "--out", str(dual),
-                                  *_preset(cfg.dual), *cfg.dual.overrides]],
-                        {"model": str(dual / "final")}, lambda: _training_headline(dual / "log.csv")))
-    index = run / "index"
-    add(cfg.index, Stage("index", [["index", "build", *catalog_args, "--cache", cache, "--model", str(dual / "final"),
-                                    "--out", str(index), *cfg.index.overrides]],
-                         {"index": str(index)}, lambda: _index_headline(index)))
     if cfg.eval.enabled:
         ev = run / "eval"
         two_stage = [f"dual={dual / 'final'}"] if cfg.dual.enabled else []
