@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kaleido.model.config import KaleidoBertConfig
+from kaleido.pretrain.augment import AugmentConfig
 from kaleido.pretrain.heads import HEAD_NAMES
 from kaleido.pretrain.masking import MaskingConfig
 from kaleido.training.config import TrainConfig
@@ -23,6 +24,7 @@ class TaskConfig:
     cp: float = 1.0                   # III: camouflage of one 3x3 patch
     g2cm: float = 1.0                 # IV: grey-to-colour of two 4x4 patches
     b2cm: float = 1.0                 # V: blank-to-colour of three 5x5 patches
+    wpa: float = 0.0                  # ViLT's word-patch alignment (optimal transport) on the ITM pass (ViLT: 0.1)
     # ITM on a clean (uncorrupted, unmasked) copy of each pair: B positives + B negatives mined
     # in the batch (from the ITC similarities when itc > 0, else uniformly), never a same-title
     # twin; masking and corruptions then see positives only, so they cannot tell ITM the label.
@@ -33,6 +35,11 @@ class TaskConfig:
     # g2cm / b2cm reconstruction: kl (the paper's KL of the softmaxed features) | l2 (ImageBERT's
     # masked region feature regression: squared error of the features)
     patch_loss: str = "kl"
+
+    def __post_init__(self):
+        if self.wpa > 0 and self.itm <= 0:
+            raise ValueError("tasks.wpa is computed on the ITM pass (true pairs pulled together, negatives "
+                             "apart); it needs tasks.itm > 0")
 
     def weights(self) -> dict[str, float]:
         """``{head: weight}`` of the heads that are on."""
@@ -61,4 +68,5 @@ class PretrainConfig:
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # ViLT's RandAugment (pixel caches)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -40,11 +40,13 @@ class PretrainDataset(Dataset):
         masking: AGM / random masking settings.
         tasks: which heads are on (their corruptions are applied only then).
         seed: base seed of the per-sample generators.
+        augment: applied to each sample's patches first (ViLT's :class:`PixelRandAugment`);
+            None (validation, CNN caches) leaves them as cached.
     """
 
     def __init__(self, products: Sequence[Product], cache: FeatureCache,
                  alignments: dict[str, list[AlignedPair]] | None, processor: KaleidoProcessor,
-                 masking: MaskingConfig, tasks: TaskConfig, seed: int = 0):
+                 masking: MaskingConfig, tasks: TaskConfig, seed: int = 0, augment=None):
         self.products = [p for p in products if p.id in cache]
         self.dropped = len(products) - len(self.products)
         if self.dropped:
@@ -57,6 +59,7 @@ class PretrainDataset(Dataset):
             raise ValueError(f"cache {cache.root} has grids {cache.meta['grids']}; the processor expects "
                              f"{processor.grids}")
         self.cache, self.processor, self.masking, self.tasks = cache, processor, masking, tasks
+        self.augment = augment
         self.weights = tasks.weights()
         self.seed, self.epoch = seed, 0
         self.levels = level_slices(processor.grids)
@@ -122,6 +125,8 @@ class PretrainDataset(Dataset):
             sample["input_ids"] = ids
         item = self.cache[self.products[index].id]
         original = item.features                                      # (P, D) float32
+        if self.augment is not None:  # the image as this epoch sees it: every task reads the same one
+            original = self.augment(original, rng)
         features = original
         if "rr" in w:
             features, sample["rr_labels"] = rotate_level1(features, item.rotated, self.levels, rng)

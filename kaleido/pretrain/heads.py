@@ -250,7 +250,7 @@ class ColourHead(nn.Module):
         return {f"{self.name}_loss": loss}
 
 
-HEAD_NAMES = ("amlm", "itm", "itc", "rr", "jps", "cp", "g2cm", "b2cm")
+HEAD_NAMES = ("amlm", "itm", "itc", "rr", "jps", "cp", "g2cm", "b2cm", "wpa")
 
 
 def build_head(name: str, cfg: KaleidoBertConfig, word_embeddings: nn.Embedding,
@@ -261,6 +261,10 @@ def build_head(name: str, cfg: KaleidoBertConfig, word_embeddings: nn.Embedding,
         return AMLMHead(cfg, word_embeddings)
     if name == "g2cm":
         return ColourHead(cfg, "g2cm", 4, patch_loss)
+    if name == "wpa":  # ViLT's word-patch alignment on the ITM pass (no parameters)
+        from kaleido.pretrain.wpa import WPAHead
+
+        return WPAHead()
     if name == "b2cm":  # the finest level: 5x5 for kaleido patches, 8x8 for FashionBERT's grid
         return ColourHead(cfg, "b2cm", max(cfg.grids), patch_loss)
     heads = {"itm": ITMHead, "itc": ITCHead, "rr": RotationHead, "jps": JigsawHead, "cp": CamouflageHead}

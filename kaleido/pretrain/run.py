@@ -15,6 +15,7 @@ from kaleido.data.split import split_products
 from kaleido.model import KaleidoProcessor, create_model_for_patches, is_kaleido_checkpoint
 from kaleido.patches.cache import FeatureCache
 from kaleido.pretrain.config import PretrainConfig
+from kaleido.pretrain.augment import PixelRandAugment
 from kaleido.pretrain.data import PretrainDataset, collate_pretrain
 from kaleido.pretrain.task import PretrainTask
 from kaleido.training import Trainer, is_main_process
@@ -63,7 +64,8 @@ def pretrain(cfg: PretrainConfig, catalog: Catalog, cache: str | Path, out: str 
     processor = KaleidoProcessor.default(cfg.data.max_text_len, cfg.tokenizer, features.meta["grids"])
     data = partial(PretrainDataset, cache=features, alignments=alignments, processor=processor,
                    masking=cfg.masking, tasks=cfg.tasks, seed=cfg.train.seed)
-    train = data(split_products(catalog, split_file, cfg.data.split, cfg.data.limit))
+    augment = PixelRandAugment.for_cache(features.meta, cfg.augment) if cfg.augment.randaugment else None
+    train = data(split_products(catalog, split_file, cfg.data.split, cfg.data.limit), augment=augment)
     val = data(split_products(catalog, split_file, cfg.data.val_split, cfg.data.val_limit)) \
         if cfg.data.val_split else None
     log.info("pre-training on %d products (%.1f%% with aligned pairs)%s", len(train),

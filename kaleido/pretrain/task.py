@@ -42,7 +42,7 @@ class PretrainTask(nn.Module):
         results: dict[str, torch.Tensor] = {}
         clean = "clean_input_ids" in batch
         for name, head in self.heads.items():
-            if not (clean and name in ("itm", "itc")):
+            if not (clean and name in ("itm", "itc", "wpa")):
                 results.update(head(out, batch))
         if clean:
             results.update(self._clean_pair_losses(batch))
@@ -71,6 +71,8 @@ class PretrainTask(nn.Module):
         image_of, text_of, labels = self.mine_pairs(sim, groups)
         pair = self.model(ids[text_of], feats[image_of], pos[image_of], mask[text_of])
         results.update(self.heads["itm"](pair, {"itm_labels": labels}))
+        if "wpa" in self.heads:  # ViLT's word-patch alignment on the same pairs
+            results.update(self.heads["wpa"](pair, {"itm_labels": labels, "attention_mask": mask[text_of]}))
         return results
 
     def mine_pairs(self, sim: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
