@@ -87,8 +87,8 @@ def test_the_one_encoder_model_is_evaluated_beside_the_separate_ones(tmp_path):
     (["dual.enabled=false", "index.enabled=false"], "eval needs the dual stage"),
     (["pretrain.enabled=false"], "finetune needs the pretrain stage"),
     (["align.config=default"], "has no --config"),
-    (["dual.enabled=false", "index.enabled=false", "eval.enabled=false", "finetune.overrides=[retrieval.mining=first_stage]"],
-     "finetune needs the dual stage"),
+    (["dual.enabled=false", "index.enabled=false", "eval.enabled=false",
+      "finetune.overrides=[retrieval.mining=first_stage]"], "finetune needs the dual stage"),
 ])
 def test_a_stage_that_needs_a_disabled_one_is_refused_before_anything_runs(overrides, message, tmp_path):
     cfg = load_config(PipelineConfig, "default", overrides, component="pipeline")

@@ -116,7 +116,8 @@ def test_pretraining_samples_see_the_augmented_image(small_catalog_dir, tmp_path
     from kaleido.pretrain.masking import MaskingConfig
 
     cache = tmp_path / "cache"
-    assert main(["patches", "extract", "--catalog", str(small_catalog_dir), "--out", str(cache), "--config", "vilt"]) == 0
+    assert main(["patches", "extract", "--catalog", str(small_catalog_dir), "--out", str(cache),
+                 "--config", "vilt"]) == 0
     features = FeatureCache(cache)
     products = split_products(load_catalog(small_catalog_dir), None, "")
     tasks = TaskConfig(rr=0, jps=0, cp=0, g2cm=0, b2cm=0, itm_clean=True)

@@ -90,6 +90,7 @@ class WPAHead(nn.Module):
         labels = batch["itm_labels"]
         sign = torch.where(labels == 1, 1.0, -1.0).to(distance.device)
         loss = (sign * distance).sum() / len(distance)
-        gap = distance[labels == 0].mean() - distance[labels == 1].mean() if (labels == 0).any() and (labels == 1).any() \
-            else distance.new_zeros(())
+        gap = distance.new_zeros(())  # mean negative distance - mean true-pair distance (the logs)
+        if (labels == 0).any() and (labels == 1).any():
+            gap = distance[labels == 0].mean() - distance[labels == 1].mean()
         return {"wpa_loss": loss, "wpa_gap": gap.detach()}
