@@ -32,13 +32,28 @@ def test_overrides_go_to_their_stage_or_to_the_pipeline():
 
 
 def test_stages_are_the_commands_in_order(tmp_path):
-    cfg = load_config(PipelineConfig, "default", ["finetune.tasks=[retrieval,category]", "index.enabled=false"],
+    cfg = load_config(PipelineConfig, "default", ["finetune.tasks=[retrieval,category]", "index.enabled=false",
+                                                  "eval.enabled=true", "eval.overrides=[exhaustive=false]"],
                       component="pipeline")
     stages = build_stages(cfg, ["--catalog", "C", "--columns", "auto"], tmp_path)
     # the dual encoder before fine-tuning: it is the first stage retrieval mines hard negatives from
-    assert [s.name for s in stages] == ["split", "baseline", "patches", "dual", "sat", "align", "pretrain",
-                                        "finetune-retrieval", "finetune-category", "eval", "eval-dual"]
+    assert [s.name for s in stages] == ["split", "baseline", "patches", "dual", "sat", "tagger", "align", "pretrain",
+                                        "finetune-retrieval", "finetune-category", "eval", "eval-dual", "release"]
     by_name = {s.name: s for s in stages}
+    # the release preset attaches the reference's whole-image features: val and test are embedded too
+    assert [c[c.index("--split") + 1] for c in by_name["baseline"].commands] == ["val", "test"]
+    extract, union = by_name["patches"].commands
+    assert extract[extract.index("--out") + 1] == str(tmp_path / "cache-patches")
+    assert union[:3] == ["patches", "union", str(tmp_path / "cache-patches")]
+    assert union[-2:] == ["--out", str(tmp_path / "cache")]
+    assert str(tmp_path / "baseline" / "features" / "val") in union
+    assert by_name["tagger"].commands[0][-3:] == ["--out", str(tmp_path / "tagger"), "threads=2"]
+    build, evaluate, tagger_eval, card = by_name["release"].commands
+    assert build[build.index("--matcher") + 1] == str(tmp_path / "finetune" / "retrieval" / "final")
+    assert build[build.index("--patches") + 1] == str(tmp_path / "cache-patches" / "meta.json")
+    assert evaluate[:3] == ["eval", "--model", str(tmp_path / "release")] and f"prior={tmp_path / 'baseline'}" in evaluate
+    assert tagger_eval[:4] == ["tagger", "eval", "--model", str(tmp_path / "release")]
+    assert card[:2] == ["release", "card"] and card[card.index("--name") + 1] == "kaleido-fashion-v2"
     assert by_name["split"].commands[0][:3] == ["data", "split", "C"]
     ft = by_name["finetune-category"].commands[0]
     assert ft[:4] == ["finetune", "category", "--from", str(tmp_path / "pretrain" / "final")]
@@ -70,28 +85,45 @@ def test_a_run_started_before_a_stage_existed_resumes_with_it(tmp_path):
     assert yaml.safe_load(saved.read_text()) == _resolved(cfg, ["--catalog", "C"])
 
 
+def test_the_release_recipe_serves_one_encoder(tmp_path):
+    cfg = load_config(PipelineConfig, "default", [], component="pipeline")
+    stages = {s.name: s for s in build_stages(cfg, ["--catalog", "C"], tmp_path)}
+    assert "eval" not in stages and "finetune-multitask" in stages   # the release stage measures the model
+    build = stages["release"].commands[0]
+    assert build[build.index("--matcher") + 1] == str(tmp_path / "finetune" / "multitask" / "final")
+    ft = stages["finetune-multitask"].commands[0]
+    assert f"retrieval.first_stage={tmp_path / 'dual' / 'final'}" in ft and "category.input_skip=true" in ft
+
+
 def test_the_one_encoder_model_is_evaluated_beside_the_separate_ones(tmp_path):
-    cfg = load_config(PipelineConfig, "default", ["finetune.tasks=[retrieval,multitask]"], component="pipeline")
+    cfg = load_config(PipelineConfig, "default", ["finetune.tasks=[retrieval,multitask]", "eval.enabled=true"],
+                      component="pipeline")
     stages = {s.name: s for s in build_stages(cfg, ["--catalog", "C"], tmp_path)}
     assert stages["finetune-multitask"].commands[0][:2] == ["finetune", "multitask"]
     separate, multitask = stages["eval"].commands
     assert separate[2] == str(tmp_path / "finetune") and "test.json" in separate[separate.index("--json") + 1]
     assert multitask[2] == str(tmp_path / "finetune" / "multitask" / "final")
     assert multitask[multitask.index("--json") + 1].endswith("test-multitask.json")
-    alone = load_config(PipelineConfig, "default", ["finetune.tasks=[multitask]"], component="pipeline")
+    alone = load_config(PipelineConfig, "default", ["finetune.tasks=[multitask]", "eval.enabled=true"],
+                        component="pipeline")
     assert len({s.name: s for s in build_stages(alone, ["--catalog", "C"], tmp_path)}["eval"].commands) == 1
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["dual.enabled=false"], "index needs the dual stage"),
-    (["dual.enabled=false", "index.enabled=false"], "eval needs the dual stage"),
+    (["dual.enabled=false", "finetune.enabled=false"], "index needs the dual stage"),
+    (["dual.enabled=false", "index.enabled=false", "release.enabled=false", "eval.enabled=true", "finetune.overrides=[]"],
+     "eval needs the dual stage"),
     (["pretrain.enabled=false"], "finetune needs the pretrain stage"),
     (["align.config=default"], "has no --config"),
-    (["dual.enabled=false", "index.enabled=false", "eval.enabled=false",
+    (["dual.enabled=false", "index.enabled=false", "eval.enabled=false", "release.enabled=false",
       "finetune.overrides=[retrieval.mining=first_stage]"], "finetune needs the dual stage"),
+    (["sat.enabled=false", "align.enabled=false"], "tagger needs the sat stage"),
+    (["tagger.enabled=false"], "release needs the tagger stage"),
+    (["baseline.enabled=false"], "patches needs the baseline stage"),
+    (["release.config=x"], "has no --config"),
 ])
 def test_a_stage_that_needs_a_disabled_one_is_refused_before_anything_runs(overrides, message, tmp_path):
-    cfg = load_config(PipelineConfig, "default", overrides, component="pipeline")
+    cfg = load_config(PipelineConfig, "default", ["eval.overrides=[exhaustive=false]", *overrides], component="pipeline")
     with pytest.raises(ConfigError, match=message):
         build_stages(cfg, ["--catalog", "C"], tmp_path)
 
@@ -108,7 +140,8 @@ def _catalog(root: Path, n: int = 16) -> Path:
 def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     catalog, run = _catalog(tmp_path / "cat"), tmp_path / "run"
     argv = [sys.executable, "-m", "kaleido.cli", "pipeline", "--catalog", str(catalog), "--out", str(run),
-            "--config", "tiny", "--quiet", "split.split.stratify_by=none", "split.split.train=0.5",
+            "--config", "tiny", "--quiet", "split.split.stratify_by=none", "split.split.train=0.4",
+            "split.split.val=0.3",
             "pretrain.train.save_every=1",
             "pretrain.train.epochs=3"]
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -122,7 +155,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     proc.wait()
     time.sleep(1.0)
     done = sorted(p.stem for p in (run / "stages").glob("*.json"))
-    assert done == ["align", "baseline", "dual", "index", "patches", "sat", "split"]  # pretrain had started, not finished
+    assert done == ["align", "baseline", "dual", "index", "patches", "sat", "split", "tagger"]  # pretrain had started
     # the running stage died with the pipeline: nothing writes into the run folder any more
     alive = subprocess.run(["pgrep", "-f", f"--out {run}/pretrain"], capture_output=True, text=True).stdout
     assert not alive.strip()
@@ -133,9 +166,9 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     status = {name: r["status"] for name, r in summary["stages"].items()}
     assert status == {"split": "skipped", "baseline": "skipped", "patches": "skipped", "dual": "skipped",
-                      "index": "skipped", "sat": "skipped", "align": "skipped", "pretrain": "ran",
-                      "finetune-retrieval": "ran", "finetune-category": "ran", "finetune-caption": "ran",
-                      "eval": "ran", "eval-dual": "ran"}
+                      "index": "skipped", "sat": "skipped", "tagger": "skipped", "align": "skipped",
+                      "pretrain": "ran", "finetune-retrieval": "ran", "finetune-category": "ran",
+                      "finetune-caption": "ran", "eval": "ran", "eval-dual": "ran", "release": "ran"}
     assert {p.name: p.read_text() for p in (run / "stages").glob("*.json") if p.name in before} == before
     assert "resuming" in (run / "logs" / "pretrain.log").read_text()   # the stage itself carried on
     pre = summary["stages"]["pretrain"]
@@ -147,6 +180,16 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     assert "SumR" in summary["stages"]["baseline"]["headline"]
     assert (run / "index").is_dir() and "SumR" in summary["stages"]["eval-dual"]["headline"]
     assert list(summary["stages"]).index("dual") < list(summary["stages"]).index("finetune-retrieval")
+    # the release: assembled from this run, measured with `kaleido eval --model`, its card written from the run
+    rel = summary["stages"]["release"]["headline"]
+    assert {"linear reference SumR", "dual SumR", "ITM accuracy", "category accuracy"} <= set(rel)
+    assert any(k.startswith("tagger test category accuracy") for k in rel)
+    assert summary["stages"]["patches"]["headline"]["whole-image features"] is True
+    card = (run / "release" / "README.md").read_text()
+    assert card.startswith("# tiny-release") and " ".join(argv[3:6]) in card and "| pretrain |" in card
+    assert f"kaleido eval --model {run / 'release'}" in card and "linear reference" in card
+    for part in ("dual", "tagger", "matcher"):
+        assert (run / "release" / part / "model.safetensors").is_file()
 
     # a finished run is all skips; other settings in the same folder are refused
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
@@ -161,9 +204,10 @@ def test_pipeline_reads_a_fashion_gen_h5(sample_dir, tmp_path, capsys):
 
     h5 = tmp_path / "fg.h5"
     assert main(["data", "to-fashiongen", str(sample_dir), str(h5), "--limit", "10", "--image-size", "96"]) == 0
-    off = [f"{s}.enabled=false" for s in ("baseline", "sat", "align", "pretrain", "finetune", "dual", "index", "eval")]
+    off = [f"{s}.enabled=false" for s in ("baseline", "sat", "tagger", "align", "pretrain", "finetune", "dual",
+                                          "index", "eval", "release")]
     assert main(["pipeline", "--catalog", str(h5), "--out", str(tmp_path / "run"), "--config", "tiny", "--quiet",
-                 "split.split.stratify_by=none", *off]) == 0
+                 "split.split.stratify_by=none", "patches.whole_image=false", *off]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert list(summary["stages"]) == ["split", "patches"]
     assert summary["stages"]["patches"]["headline"] == {"products": 10, "skipped": 0}

@@ -9,11 +9,11 @@ import sys
 from ..config import ConfigError
 from ..data import CatalogError
 from . import (ablate, align, baseline, data, demo, dual, evaluate, finetune, index, patches, pipeline, pretrain,
-               saliency, sat, tag)
+               release, saliency, sat, tag)
 
 #: Stage modules; each has ``register(subparsers)`` and sets ``func`` on its parsers.
 COMMANDS = (data, saliency, patches, sat, align, pretrain, finetune, evaluate, ablate, baseline, dual, index, tag, demo,
-            pipeline)
+            release, pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:

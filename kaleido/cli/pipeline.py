@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from .common import add_catalog_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("pipeline", help="every stage in order: split, patches, SAT, alignments, pre-training, "
-                                        "fine-tuning, dual encoder, index, evaluation (resumable)")
+    p = sub.add_parser("pipeline", help="every stage in order: split, linear reference, patches, dual encoder, "
+                                        "index, SAT, tagger, alignments, pre-training, fine-tuning, evaluation, "
+                                        "release (resumable)")
     add_catalog_args(p)
     p.add_argument("--out", type=Path, required=True, help="run folder (the same command resumes it)")
     p.add_argument("--config", default="default", help="pipeline preset (default, demo, tiny) or a YAML file")
@@ -35,7 +37,8 @@ def cmd_pipeline(args) -> int:
     if args.encoding != "auto":
         catalog += ["--encoding", args.encoding]
     try:
-        summary = run_pipeline(cfg, catalog, args.out, echo=not args.quiet)
+        summary = run_pipeline(cfg, catalog, args.out, echo=not args.quiet,
+                               command="kaleido " + " ".join(shlex.quote(a) for a in args.argv))
     except StageFailed as err:
         print(f"kaleido: error: {err}", file=sys.stderr)
         return 1

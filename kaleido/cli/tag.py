@@ -81,6 +81,7 @@ def cmd_eval(args) -> int:
     report = evaluate_saved(args.model, catalog, read_split(args.split_file), args.split, args.cache)
     print(format_report(report))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

@@ -7,7 +7,8 @@ On the command line a dotted override that starts with a stage name goes to that
 
     kaleido pipeline --catalog C --out RUN --config demo pretrain.train.max_steps=60 finetune.tasks=[retrieval]
 
-``<stage>.config``, ``<stage>.enabled`` and ``finetune.tasks`` are the pipeline's own keys;
+``<stage>.config``, ``<stage>.enabled``, ``finetune.tasks``, ``patches.whole_image`` and
+``release.name`` are the pipeline's own keys;
 any other ``<stage>.<key>=<value>`` is appended to that stage's overrides.
 """
 
@@ -31,6 +32,27 @@ class StageSettings:
 
 
 @dataclass
+class PatchSettings(StageSettings):
+    """Patch extraction; ``whole_image`` also attaches the linear reference's whole-image
+    features to every product (``kaleido patches union``), which the ``whole`` dual encoder and
+    ``category.input_skip`` read: the cache is extracted into ``RUN/cache-patches`` and
+    ``RUN/cache`` is the union of it with ``RUN/baseline/features/{train,val,test}``."""
+
+    whole_image: bool = False
+
+
+@dataclass
+class ReleaseSettings(StageSettings):
+    """The released model folder ``RUN/release``: the dual encoder, the tagger with its
+    captioner and the Kaleido-BERT matcher (the multitask fine-tune when there is one, else the
+    retrieval one), float16, measured on the test split (``kaleido eval --model``, with the
+    overrides given here, and ``kaleido tagger eval --model``) and described by a model card
+    written from the run. ``name``: what it is called once copied to ``models/<name>``."""
+
+    name: str = "kaleido-fashion"
+
+
+@dataclass
 class FinetuneSettings(StageSettings):
     """The fine-tuning stages: one run per task, all from the pre-training run's ``final/``."""
 
@@ -50,28 +72,32 @@ class PipelineConfig:
     ``split`` (``kaleido data split``), ``baseline`` (the frozen-feature linear reference,
     ``kaleido baseline linear-probe``: a row of every results table), ``patches`` (saliency +
     kaleido patches: ``kaleido patches extract``), ``dual`` (the search dual encoder),
-    ``index`` (its FAISS index of the catalog), ``sat`` (the captioner), ``align`` (token-patch
-    alignments), ``pretrain``, ``finetune`` (retrieval, category, caption, multitask) and
+    ``index`` (its FAISS index of the catalog), ``sat`` (the captioner), ``tagger`` (the
+    attribute tagger of ``kaleido tag``, reading the captioner), ``align`` (token-patch
+    alignments), ``pretrain``, ``finetune`` (retrieval, category, caption, multitask),
     ``eval`` (Tables 2 and 3 on the test split with the two-stage systems, and the dual
-    encoder's own evaluation). The dual encoder comes before fine-tuning because it is the
+    encoder's own evaluation) and ``release`` (the served model folder with its model card). The dual encoder comes before fine-tuning because it is the
     first stage that retrieval fine-tuning mines its hard negatives from
     (``retrieval.mining=first_stage``; ALBEF's align before fuse).
     """
 
     split: StageSettings = field(default_factory=StageSettings)
     baseline: StageSettings = field(default_factory=StageSettings)
-    patches: StageSettings = field(default_factory=StageSettings)
+    patches: PatchSettings = field(default_factory=PatchSettings)
     dual: StageSettings = field(default_factory=StageSettings)
     index: StageSettings = field(default_factory=StageSettings)
     sat: StageSettings = field(default_factory=StageSettings)
+    tagger: StageSettings = field(default_factory=StageSettings)
     align: StageSettings = field(default_factory=StageSettings)
     pretrain: StageSettings = field(default_factory=StageSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     eval: StageSettings = field(default_factory=StageSettings)
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
 
 
-SECTIONS = ("split", "baseline", "patches", "dual", "index", "sat", "align", "pretrain", "finetune", "eval")
-OWN_KEYS = ("enabled", "config", "overrides", "tasks")
+SECTIONS = ("split", "baseline", "patches", "dual", "index", "sat", "tagger", "align", "pretrain", "finetune", "eval",
+            "release")
+OWN_KEYS = ("enabled", "config", "overrides", "tasks", "whole_image", "name")
 
 
 def route_overrides(items: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:

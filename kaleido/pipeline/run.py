@@ -29,6 +29,7 @@ from kaleido.cli.workers import die_with_parent
 from kaleido.config import ConfigError
 from kaleido.pipeline.config import PipelineConfig
 from kaleido.pipeline.stages import Stage, build_stages
+from kaleido.release.card import COMMANDS_LOG
 
 CONFIG_NAME = "pipeline.yaml"
 SUMMARY_NAME = "summary.json"
@@ -58,6 +59,7 @@ def run_command(argv: list[str], log_file: Path, echo: bool = True) -> tuple[int
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read1(65536), b""):
             log.write(chunk)
+            log.flush()                                          # the log shows progress as it happens
             if echo:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
@@ -89,7 +91,8 @@ def _check_config(run: Path, resolved: dict) -> None:
         path.write_text(yaml.safe_dump(resolved, sort_keys=False))
 
 
-def run_pipeline(cfg: PipelineConfig, catalog_args: list[str], run: str | Path, echo: bool = True) -> dict:
+def run_pipeline(cfg: PipelineConfig, catalog_args: list[str], run: str | Path, echo: bool = True,
+                 command: str | None = None) -> dict:
     """Run (or resume) every enabled stage of ``cfg`` on a catalog into the folder ``run``.
 
     Args:
@@ -98,6 +101,8 @@ def run_pipeline(cfg: PipelineConfig, catalog_args: list[str], run: str | Path, 
         run: the run folder (created; resumed when it holds an earlier run of the same config).
         echo: stream each stage's output to stdout (always written to ``RUN/logs/``); one
             progress line per stage is printed either way.
+        command: the command line that called this, appended to ``RUN/commands.log`` (the
+            model card quotes the first one).
 
     Returns:
         The summary (also ``RUN/summary.json``): per stage its status (``ran`` / ``skipped``),
@@ -109,6 +114,9 @@ def run_pipeline(cfg: PipelineConfig, catalog_args: list[str], run: str | Path, 
     run = Path(run)
     _check_config(run, _resolved(cfg, catalog_args))
     stages = build_stages(cfg, catalog_args, run)
+    if command:
+        with (run / COMMANDS_LOG).open("a") as f:
+            f.write(command + "\n")
     summary = {"run": str(run), "config": str(run / CONFIG_NAME), "stages": {}}
     for i, stage in enumerate(stages, 1):
         marker = run / "stages" / f"{stage.name}.json"

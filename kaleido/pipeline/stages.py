@@ -71,12 +71,15 @@ def _split_headline(run: Path) -> dict:
     return {"products": _json(run / "split" / "split.json").get("counts", {})}
 
 
-def _cache_headline(run: Path) -> dict:
+def _cache_headline(run: Path, extracted: Path) -> dict:
     from kaleido.patches.cache import FeatureCache
 
     cache = FeatureCache(run / "cache")
-    skipped = sum(len(_json(f).get("skipped", [])) for f in (run / "cache").glob("shard-*/ids.json"))
-    return {"products": len(cache), "skipped": skipped}
+    skipped = sum(len(_json(f).get("skipped", [])) for f in extracted.glob("shard-*/ids.json"))
+    figures = {"products": len(cache), "skipped": skipped}
+    if extracted != run / "cache":
+        figures["whole-image features"] = True
+    return figures
 
 
 def _align_headline(run: Path) -> dict:
@@ -107,6 +110,26 @@ def _dual_eval_headline(run: Path) -> dict:
     figures = {"SumR": round(out["retrieval"]["SumR"], 1)} if "retrieval" in out else {}
     for target, m in out.get("zero_shot", {}).items():
         figures[f"zero-shot {target} accuracy"] = round(m["accuracy"], 4)
+    return figures
+
+
+def _release_headline(run: Path) -> dict:
+    release = run / "release"
+    size = sum(f.stat().st_size for f in release.rglob("*") if f.is_file())
+    figures = {"MB": round(size / 2**20, 1)}
+    figures.update(_eval_figures(_json(run / "release-eval" / "test.json")))
+    figures.update({f"tagger {k}": v for k, v in _tagger_headline(run / "release-eval" / "tagger-test.json").items()})
+    return figures
+
+
+def _tagger_headline(report: Path) -> dict:
+    """Accuracy of a few fields per input mode, from a tagger's report (train) or eval JSON."""
+    out = _json(report)
+    figures = {}
+    for mode, fields in out.get("tagger", {}).items():
+        for name in ("category", "subcategory", "baseColour"):
+            if name in fields:
+                figures[f"{out.get('split', '')} {name} accuracy ({mode})".strip()] = round(fields[name]["accuracy"], 4)
     return figures
 
 
@@ -144,7 +167,10 @@ def _eval_figures(test: dict) -> dict:
 
 def check_stages(cfg: PipelineConfig) -> None:
     """Refuse, before anything runs, a combination whose later stage needs a disabled one."""
-    needs = {"align": ["sat"], "finetune": ["pretrain"], "index": ["dual"], "eval": ["finetune"]}
+    needs = {"align": ["sat"], "finetune": ["pretrain"], "index": ["dual"], "eval": ["finetune"],
+             "tagger": ["sat"], "release": ["patches", "dual", "tagger"]}
+    if cfg.patches.whole_image:
+        needs["patches"] = ["baseline"]   # the whole-image features are the linear reference's
     if any(o.replace(" ", "") == "retrieval.mining=first_stage" for o in cfg.finetune.overrides):
         needs["finetune"].append("dual")
     if any(o.replace(" ", "") == "exhaustive=false" for o in cfg.eval.overrides):
@@ -155,7 +181,7 @@ def check_stages(cfg: PipelineConfig) -> None:
             if off:
                 raise ConfigError(f"pipeline: {stage} needs the {', '.join(off)} stage's outputs, but "
                                   f"{', '.join(r + '.enabled=false' for r in off)}; disable {stage} too")
-    for stage in ("align", "index", "eval"):   # their commands take no preset
+    for stage in ("align", "index", "eval", "tagger", "release"):   # their commands take no preset
         if getattr(cfg, stage).config:
             raise ConfigError(f"pipeline: `kaleido {stage}` has no --config; give {stage} overrides instead "
                               f"of {stage}.config={getattr(cfg, stage).config}")
@@ -179,12 +205,21 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
                                     *_preset(cfg.split), *cfg.split.overrides]],
                          {"split": split}, lambda: _split_headline(run)))
     baseline = run / "baseline"
+    # whole-image features of val too (the dual encoder selects on val), then test: result.json is test's
+    scored = ["val", "test"] if cfg.patches.enabled and cfg.patches.whole_image else ["test"]
     add(cfg.baseline, Stage("baseline", [["baseline", "linear-probe", *catalog_args, "--split-file", split,
-                                          "--out", str(baseline), *cfg.baseline.overrides]],
+                                          "--split", name, "--out", str(baseline), *cfg.baseline.overrides]
+                                         for name in scored],
                             {"reference": str(baseline)}, lambda: _baseline_headline(baseline)))
-    add(cfg.patches, Stage("patches", [["patches", "extract", *catalog_args, "--out", cache,
-                                        *_preset(cfg.patches), *cfg.patches.overrides]],
-                           {"cache": cache}, lambda: _cache_headline(run)))
+    extracted = run / "cache-patches" if cfg.patches.whole_image else run / "cache"
+    patch_commands = [["patches", "extract", *catalog_args, "--out", str(extracted), *_preset(cfg.patches),
+                       *cfg.patches.overrides]]
+    if cfg.patches.whole_image:
+        patch_commands.append(["patches", "union", str(extracted), "--whole-image",
+                               *[str(baseline / "features" / name) for name in ("train", "val", "test")],
+                               "--out", cache])
+    add(cfg.patches, Stage("patches", patch_commands, {"cache": cache},
+                           lambda: _cache_headline(run, extracted)))
     dual = run / "dual"
     add(cfg.dual, Stage("dual", [["dual", "train", *catalog_args, *data, "--out", str(dual),
                                   *_preset(cfg.dual), *cfg.dual.overrides]],
@@ -196,6 +231,10 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
     add(cfg.sat, Stage("sat", [["sat", "train", *catalog_args, "--split-file", split, "--out", str(run / "sat"),
                                 *_preset(cfg.sat), *cfg.sat.overrides]],
                        {"sat": str(run / "sat")}, lambda: _training_headline(run / "sat" / "log.csv")))
+    tagger = run / "tagger"
+    add(cfg.tagger, Stage("tagger", [["tagger", "train", *catalog_args, "--split-file", split, "--sat", str(run / "sat"),
+                                      "--out", str(tagger), *cfg.tagger.overrides]],
+                          {"tagger": str(tagger)}, lambda: _tagger_headline(tagger / "report.json")))
     add(cfg.align, Stage("align", [["align", "build", *catalog_args, "--cache", cache, "--sat", str(run / "sat"),
                                     *cfg.align.overrides]],
                          {"alignments": cache}, lambda: _align_headline(run)))
@@ -237,4 +276,31 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
             stages.append(Stage("eval-dual", [["dual", "eval", "--model", str(dual / "final"), *catalog_args, *data,
                                                "--split", "test", "--json", str(ev / "dual.json"), *kb101]],
                                 {"dual": str(ev / "dual.json")}, lambda: _dual_eval_headline(run)))
+    if cfg.release.enabled:
+        stages.append(_release_stage(cfg, catalog_args, run, extracted))
     return stages
+
+
+def _release_stage(cfg: PipelineConfig, catalog_args: list[str], run: Path, extracted: Path) -> Stage:
+    """Assemble ``RUN/release``, measure it as a user would (``kaleido eval --model``,
+    ``kaleido tagger eval --model``) and write its model card from the run."""
+    release, measured = run / "release", run / "release-eval"
+    tasks = cfg.finetune.tasks if cfg.finetune.enabled else []
+    matcher = next((run / "finetune" / t / "final" for t in ("multitask", "retrieval") if t in tasks), None)
+    data = ["--cache", str(run / "cache"), "--split-file", str(run / "split")]
+    commands = [["release", "build", "--out", str(release), "--dual", str(run / "dual" / "final"),
+                 "--tagger", str(run / "tagger"), "--patches", str(extracted / "meta.json"),
+                 *(["--matcher", str(matcher)] if matcher else [])]]
+    card = ["release", "card", "--run", str(run), "--release", str(release), "--name", cfg.release.name,
+            "--tagger-json", str(measured / "tagger-test.json")]
+    if matcher:
+        prior = [f"prior={run / 'baseline'}"] if cfg.baseline.enabled else []
+        commands.append(["eval", "--model", str(release), *catalog_args, *data, "--split", "test",
+                         "--name", cfg.release.name, "--json", str(measured / "test.json"), *prior,
+                         *cfg.release.overrides])
+        card += ["--eval-json", str(measured / "test.json")]
+    commands.append(["tagger", "eval", "--model", str(release), *catalog_args, "--split-file", str(run / "split"),
+                     "--split", "test", "--json", str(measured / "tagger-test.json")])
+    commands.append(card)
+    return Stage("release", commands, {"release": str(release), "card": str(release / "README.md")},
+                 lambda: _release_headline(run))

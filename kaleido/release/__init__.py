@@ -1,10 +1,12 @@
-"""Where released models live: ``models/<name>/`` at the repository root (see its README files)."""
+"""Released models: where they live (``models/<name>/`` at the repository root), how a run's
+parts are assembled into one (:mod:`kaleido.release.assemble`) and its model card written
+(:mod:`kaleido.release.card`), and the check that a feature cache fits a release."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
 def release_candidates(name_or_path: str | Path) -> list[Path]:
