@@ -213,3 +213,23 @@ def test_pipeline_reads_a_fashion_gen_h5(sample_dir, tmp_path, capsys):
     assert summary["stages"]["patches"]["headline"] == {"products": 10, "skipped": 0}
     assert sum(summary["stages"]["split"]["headline"]["products"].values()) == 10
     assert "| patches | ran |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3700)
+def test_pipeline_on_the_bundled_sample_at_the_demo_budget(tmp_path):
+    """``kaleido pipeline --catalog data/sample --config demo`` end to end (about 30 min on 2 cores):
+    every stage runs, the release it makes loads by path, and its card carries the figures."""
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "kaleido.cli", "pipeline", "--catalog", str(SAMPLE), "--out", str(run),
+            "--config", "demo", "--quiet"]
+    out = subprocess.run(argv, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True,
+                         timeout=3600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert all(r["status"] == "ran" for r in summary["stages"].values())
+    assert summary["stages"]["patches"]["headline"]["products"] == 301
+    release = summary["stages"]["release"]["headline"]
+    assert release["MB"] < 150 and 0 < release["dual SumR"] <= 600
+    card = (run / "release" / "README.md").read_text()
+    assert card.startswith("# kaleido-demo") and "| finetune-retrieval |" in card and "linear reference" in card
