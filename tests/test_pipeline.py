@@ -83,6 +83,16 @@ def test_a_run_started_before_a_stage_existed_resumes_with_it(tmp_path):
     assert "baseline" not in yaml.safe_load(saved.read_text())  # a refused call writes nothing
     _check_config(tmp_path, _resolved(cfg, ["--catalog", "C"]))
     assert yaml.safe_load(saved.read_text()) == _resolved(cfg, ["--catalog", "C"])
+    # a setting added to a stage since then (patches.whole_image) has its default in the old run
+    old = _resolved(load_config(PipelineConfig, "tiny", ["patches.whole_image=false"], component="pipeline"),
+                    ["--catalog", "C"])
+    del old["patches"]["whole_image"]
+    saved.write_text(yaml.safe_dump(old, sort_keys=False))
+    same = load_config(PipelineConfig, "tiny", ["patches.whole_image=false"], component="pipeline")
+    _check_config(tmp_path, _resolved(same, ["--catalog", "C"]))
+    with pytest.raises(ConfigError, match="patches differ"):   # but not another value of it
+        _check_config(tmp_path, _resolved(load_config(PipelineConfig, "tiny", [], component="pipeline"),
+                                          ["--catalog", "C"]))
 
 
 def test_the_release_recipe_serves_one_encoder(tmp_path):
@@ -110,7 +120,7 @@ def test_the_one_encoder_model_is_evaluated_beside_the_separate_ones(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["dual.enabled=false", "finetune.enabled=false"], "index needs the dual stage"),
+    (["dual.enabled=false", "finetune.enabled=false", "release.enabled=false"], "index needs the dual stage"),
     (["dual.enabled=false", "index.enabled=false", "release.enabled=false", "eval.enabled=true", "finetune.overrides=[]"],
      "eval needs the dual stage"),
     (["pretrain.enabled=false"], "finetune needs the pretrain stage"),
@@ -121,6 +131,8 @@ def test_the_one_encoder_model_is_evaluated_beside_the_separate_ones(tmp_path):
     (["tagger.enabled=false"], "release needs the tagger stage"),
     (["baseline.enabled=false"], "patches needs the baseline stage"),
     (["release.config=x"], "has no --config"),
+    (["patches.whole_image=false"], "whole-image dual encoder"),
+    (["finetune.tasks=[category]"], "the release would have no matcher"),
 ])
 def test_a_stage_that_needs_a_disabled_one_is_refused_before_anything_runs(overrides, message, tmp_path):
     cfg = load_config(PipelineConfig, "default", ["eval.overrides=[exhaustive=false]", *overrides], component="pipeline")
@@ -184,7 +196,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     rel = summary["stages"]["release"]["headline"]
     assert {"linear reference SumR", "dual SumR", "ITM accuracy", "category accuracy"} <= set(rel)
     assert any(k.startswith("tagger test category accuracy") for k in rel)
-    assert summary["stages"]["patches"]["headline"]["whole-image features"] is True
+    assert summary["stages"]["patches"]["headline"]["with whole-image features"] == 16
     card = (run / "release" / "README.md").read_text()
     assert card.startswith("# tiny-release") and " ".join(argv[3:6]) in card and "| pretrain |" in card
     assert f"kaleido eval --model {run / 'release'}" in card and "linear reference" in card

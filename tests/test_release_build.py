@@ -2,7 +2,7 @@
 and a model card written from a pipeline run folder (never typed by hand)."""
 
 import json
-import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,10 +45,12 @@ def test_build_writes_float16_weights_and_the_patch_settings(parts, tmp_path, ca
     assert json.loads((out / "patches.json").read_text()) == {"grids": [1, 2, 3]}
     assert not (out / "dual" / "checkpoints").exists() and (out / "matcher" / "config.json").is_file()
 
-    # a rebuild replaces each part: nothing stale from an earlier build survives
+    # a rebuild replaces the release: nothing of an earlier build survives, not even a part left out now
     (out / "dual" / "stale.json").write_text("{}")
+    (out / "README.md").write_text("# the card of the last build")
     assemble.assemble_release(out, dual, tagger, meta)
-    assert not (out / "dual" / "stale.json").exists()
+    assert not (out / "dual" / "stale.json").exists() and not (out / "matcher").exists()
+    assert not (out / "README.md").exists() and (out / "tagger" / "model.safetensors").is_file()
 
 
 def test_build_refuses_a_missing_part_or_an_oversized_release(parts, tmp_path, monkeypatch, capsys):
@@ -92,3 +94,33 @@ def test_the_card_is_read_from_the_run(parts, tmp_path):
     assert "`kaleido tagger eval --model x`" in card and "| category | image | - | 97.8 / 90.0 |" in card
     assert "| `dual` |" in card and "| `matcher` |" in card
     assert "Machine: " in card and "cores" in card
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_the_card_has_the_release_tables_beside_the_linear_reference(parts, tmp_path):
+    """The eval branch on a real `kaleido eval --model --json` (from a tiny pipeline run) and a
+    linear-probe result.json: Table 2 with the reference row, full catalog, ITM, Table 3."""
+    dual, tagger, matcher, meta = parts
+    run, release = tmp_path / "run", tmp_path / "run" / "release"
+    assemble.assemble_release(release, dual, tagger, meta, matcher)
+    (run / "baseline").mkdir()
+    reference = json.loads((FIXTURES / "linear-probe-result.json").read_text())
+    reference["category"]["image+title"]["accuracy"] = 0.9862
+    (run / "baseline" / "result.json").write_text(json.dumps(reference))
+    (run / "logs").mkdir()
+    (run / "logs" / "release.log").write_text("$ kaleido release build --out x\n$ kaleido eval --model run/release "
+                                             "--split test\nKB-101 ...\n")
+    result = json.loads((FIXTURES / "release-eval-test.json").read_text())
+    result["retrieval"]["dual"]["SumR"] = 431.25
+    eval_json = tmp_path / "test.json"
+    eval_json.write_text(json.dumps(result))
+    card = write_model_card(run, release, "kaleido-test", eval_json=eval_json).read_text()
+    assert "`kaleido eval --model run/release --split test`" in card and "release build" not in card
+    table2 = [l for l in card.splitlines() if l.startswith("| ") and "431.2" in l]
+    assert len(table2) == 1 and table2[0].startswith("| first stage")   # the dual encoder's own row, from this JSON
+    assert any(l.startswith("| linear reference") and "450.0" in l for l in card.splitlines())
+    assert "Full-catalog retrieval" in card and "ITM on clean pairs" in card
+    assert any(l.startswith("| linear reference (image+title)") and "98.6" in l for l in card.splitlines())
+    assert any(l.startswith("| tiny-release") and "80.0" in l for l in card.splitlines())   # category 0.8

@@ -20,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="stage output to RUN/logs/ only (progress lines and the summary still print)")
     p.add_argument("overrides", nargs="*",
                    help="<stage>.<key>=<value>: a stage's own override (pretrain.train.max_steps=60), or "
-                        "<stage>.enabled / <stage>.config / finetune.tasks")
+                        "<stage>.enabled / <stage>.config / finetune.tasks / patches.whole_image / release.name")
     p.set_defaults(func=cmd_pipeline)
 
 

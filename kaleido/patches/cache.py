@@ -375,6 +375,8 @@ def write_union(out: str | Path, parts: Sequence[str | Path],
     out.mkdir(parents=True, exist_ok=True)
     meta = {key: metas[0][key] for key in UNION_KEYS if key in metas[0]}
     meta["parts"] = [os.path.relpath(Path(part).resolve(), out.resolve()) for part in parts]
+    if any(m.get("extras") is False for m in metas):   # pre-training refuses RR / G2CM on such a cache
+        meta["extras"] = False
     for folder in whole_image:
         if not any(Path(folder).glob("chunk-*.npz")):
             raise CacheError(f"{folder}: no chunk-*.npz whole-image features (kaleido baseline linear-probe "

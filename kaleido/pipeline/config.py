@@ -34,9 +34,10 @@ class StageSettings:
 @dataclass
 class PatchSettings(StageSettings):
     """Patch extraction; ``whole_image`` also attaches the linear reference's whole-image
-    features to every product (``kaleido patches union``), which the ``whole`` dual encoder and
-    ``category.input_skip`` read: the cache is extracted into ``RUN/cache-patches`` and
-    ``RUN/cache`` is the union of it with ``RUN/baseline/features/{train,val,test}``."""
+    features to every product (``kaleido patches union``), which the ``whole`` dual encoder
+    reads (and so the first stage that fine-tuning mines negatives from): the cache is
+    extracted into ``RUN/cache-patches`` and ``RUN/cache`` is the union of it with
+    ``RUN/baseline/features/{train,val,test}``."""
 
     whole_image: bool = False
 

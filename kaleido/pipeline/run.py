@@ -77,6 +77,10 @@ def _check_config(run: Path, resolved: dict) -> None:
     path = run / CONFIG_NAME
     if path.is_file():
         before = yaml.safe_load(path.read_text())
+        # a setting added to a stage since the run started has its default value there
+        defaults = asdict(PipelineConfig())
+        before = {k: ({**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v)
+                  for k, v in before.items()}
         # a stage added to the pipeline since the run started joins it, with the settings given now
         added = set(resolved) - set(before)
         now = {k: v for k, v in resolved.items() if k not in added}
@@ -84,7 +88,7 @@ def _check_config(run: Path, resolved: dict) -> None:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise ConfigError(f"{run} was started with other settings ({', '.join(changed)} differ; see "
                               f"{path}); rerun with the same options to resume, or choose a new --out")
-        if added:
+        if added or yaml.safe_load(path.read_text()) != resolved:
             path.write_text(yaml.safe_dump(resolved, sort_keys=False))
     else:
         run.mkdir(parents=True, exist_ok=True)

@@ -77,8 +77,8 @@ def _cache_headline(run: Path, extracted: Path) -> dict:
     cache = FeatureCache(run / "cache")
     skipped = sum(len(_json(f).get("skipped", [])) for f in extracted.glob("shard-*/ids.json"))
     figures = {"products": len(cache), "skipped": skipped}
-    if extracted != run / "cache":
-        figures["whole-image features"] = True
+    if extracted != run / "cache":   # a union with the reference's whole-image features
+        figures["with whole-image features"] = sum(cache.has_whole_image(i) for i in cache.ids)
     return figures
 
 
@@ -175,6 +175,18 @@ def check_stages(cfg: PipelineConfig) -> None:
         needs["finetune"].append("dual")
     if any(o.replace(" ", "") == "exhaustive=false" for o in cfg.eval.overrides):
         needs["eval"].append("dual")
+    whole_dual = cfg.dual.config == "whole" or any(o.replace(" ", "") == "model.image.whole_image=true"
+                                                   for o in cfg.dual.overrides)
+    if cfg.dual.enabled and whole_dual and cfg.patches.enabled and not cfg.patches.whole_image:
+        raise ConfigError("pipeline: the whole-image dual encoder (dual.config=whole) reads the whole-image "
+                          "features that patches.whole_image=true attaches to the cache; set it, or choose "
+                          "dual.config=pooled")
+    tasks = cfg.finetune.tasks if cfg.finetune.enabled else []
+    if cfg.release.enabled and cfg.release.overrides and not {"retrieval", "multitask"} & set(tasks):
+        raise ConfigError("pipeline: release.overrides are the settings of `kaleido eval --model`, which "
+                          "measures the release's Kaleido-BERT matcher, but finetune.tasks has neither "
+                          "retrieval nor multitask (or finetune is off): the release would have no matcher. "
+                          "Drop release.overrides or fine-tune a matcher")
     for stage, required in needs.items():
         if getattr(cfg, stage).enabled:
             off = [r for r in required if not getattr(cfg, r).enabled]

@@ -79,9 +79,11 @@ def assemble_release(out: str | Path, dual: str | Path, tagger: str | Path, patc
         if not Path(path).is_dir():
             raise FileNotFoundError(f"release part {name}: {path} is not a folder")
     settings = patch_settings(Path(patches))
-    for name, path in parts.items():
+    for name in ("dual", "tagger", "matcher"):   # a rebuild replaces the release: nothing of the last one stays
         if (out / name).exists():
-            shutil.rmtree(out / name)   # a rerun replaces the part rather than mixing two
+            shutil.rmtree(out / name)
+    (out / "README.md").unlink(missing_ok=True)   # the card describes one build; write it again for this one
+    for name, path in parts.items():
         copy_model(Path(path), out / name)
     cfg_file = out / "tagger" / "config.json"
     cfg = json.loads(cfg_file.read_text())

@@ -136,7 +136,7 @@ def write_model_card(run: str | Path, release: str | Path, name: str, eval_json:
                 if inputs in reference.get("category", {}):
                     rows[f"{reference.get('name', 'linear reference')} ({inputs})"] = {
                         "category": reference["category"][inputs], "subcategory": reference["subcategory"][inputs]}
-            lines += ["Category / subcategory of the Kaleido-BERT heads (image + title), beside the linear "
+            lines += ["Category / subcategory of the Kaleido-BERT heads, beside the linear "
                       "reference's logistic regressions on the frozen features:", "", format_table3(rows), ""]
     if tagger_json and Path(tagger_json).is_file():
         lines += [f"`{c}`" for c in commands if c.startswith("kaleido tagger eval ")] + [""]
