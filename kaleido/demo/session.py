@@ -26,7 +26,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "kaleido-fashion-v1"
+DEFAULT_MODEL = "kaleido-fashion-v2"   # made by `kaleido pipeline` (its model card)
 STATE_NAME = "demo.json"
 
 
