@@ -1,7 +1,7 @@
 """Is a Kaleido-BERT encoder's output good enough for category, before any fine-tuning? Logistic
 regressions (C=1, standardised) on its frozen states, trained on one split, scored on another.
 
-    python scripts/frozen_probe.py --checkpoint models/kaleido-fashion-v1/matcher \\
+    python scripts/frozen_probe.py --checkpoint models/kaleido-fashion-v2/matcher \\
         --catalog ../shared/data/fashion-products --cache runs/full/cache-whole \\
         --split-file runs/split/fashion-products [--target subcategory]
 
