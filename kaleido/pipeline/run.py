@@ -164,12 +164,13 @@ def format_summary(summary: dict) -> str:
     lines = ["| stage | status | wall | peak memory | headline |", "|---|---|---:|---:|---|"]
     for name, r in summary["stages"].items():
         figures = ", ".join(f"{k} {v}" for k, v in r.get("headline", {}).items())
-        lines.append(f"| {name} | {r['status']} | {_duration(r['wall_s'])} | {r['peak_mb']:,.0f} MB | {figures} |")
-    lines.append(f"| total | | {_duration(summary['wall_s'])} | | |")
+        lines.append(f"| {name} | {r['status']} | {format_duration(r['wall_s'])} | {r['peak_mb']:,.0f} MB | {figures} |")
+    lines.append(f"| total | | {format_duration(summary['wall_s'])} | | |")
     return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``1 h 04 min``, ``21 min 05 s`` or ``5 s``."""
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"

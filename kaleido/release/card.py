@@ -65,12 +65,6 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _duration(seconds: float) -> str:
-    from kaleido.pipeline.run import _duration as fmt
-
-    return fmt(seconds)
-
-
 def write_model_card(run: str | Path, release: str | Path, name: str, eval_json: str | Path | None = None,
                      tagger_json: str | Path | None = None) -> Path:
     """Write ``release/README.md`` from the run folder and the release's measured figures.
@@ -82,6 +76,7 @@ def write_model_card(run: str | Path, release: str | Path, name: str, eval_json:
         eval_json: ``kaleido eval --model ... --json`` of the release (Tables 2 and 3).
         tagger_json: ``kaleido tagger eval --model ... --json`` of the release.
     """
+    from kaleido.pipeline.run import format_duration
     from kaleido.evaluation.tables import (format_full_catalog, format_itm, format_table2, format_table3,
                                            retrieval_systems, table3_row)
     from kaleido.tagging.run import format_report
@@ -108,9 +103,9 @@ def write_model_card(run: str | Path, release: str | Path, name: str, eval_json:
     lines += ["| stage | wall | peak memory | headline |", "|---|---:|---:|---|"]
     for stage, r in records.items():
         figures = ", ".join(f"{k} {v}" for k, v in r.get("headline", {}).items())
-        lines.append(f"| {stage} | {_duration(r['wall_s'])} | {r['peak_mb']:,.0f} MB | {figures} |")
+        lines.append(f"| {stage} | {format_duration(r['wall_s'])} | {r['peak_mb']:,.0f} MB | {figures} |")
     done = sum(r["wall_s"] for r in records.values())
-    lines += [f"| total before this card | {_duration(done)} | | |", "",
+    lines += [f"| total before this card | {format_duration(done)} | | |", "",
               "Each stage's exact commands are in `RUN/stages/<stage>.json`.", "",
               "<details><summary>The resolved config of the run (RUN/pipeline.yaml)</summary>", "",
               "```yaml", (run / "pipeline.yaml").read_text().rstrip() if (run / "pipeline.yaml").is_file() else "",
