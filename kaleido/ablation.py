@@ -1,8 +1,15 @@
-"""The paper's ablations (its Table 4) as runnable rows: KPG, masking and task switches.
+"""Rows trained and measured at one budget: the paper's ablations (its Table 4: KPG, masking
+and task switches) and the other systems of the seed papers (``--config systems``).
 
-Every row is pre-trained, fine-tuned for retrieval and evaluated with the same seeds and
-the same budget (the ``budget`` overrides apply to all rows); rows already evaluated are
-skipped, so a killed ablation resumes. The summary is Table 2's columns per row.
+Every row is pre-trained, fine-tuned (``finetune_task``: retrieval, or one multitask encoder)
+and evaluated with the same seeds and the same budget (the ``pretrain`` / ``finetune``
+overrides apply to all rows); a row may instead name an already fine-tuned ``checkpoint``
+trained at that budget elsewhere (the release's matcher), which is only evaluated. Rows
+already evaluated are skipped, so a killed run resumes. With ``dual`` the rows mine their
+fine-tuning negatives from that first stage and are measured as two-stage systems re-ranking
+its top candidates; with ``prior`` the linear reference is ranked on the same draws. The
+summary (``OUT/summary.md``) holds Table 2, full-catalog search, ITM, Table 3 and each row's
+budget (steps, wall time).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +46,9 @@ class AblationRow:
     preset: str = "default"            # pretrain preset (fashionbert for the baseline)
     overrides: list[str] = field(default_factory=list)  # pretrain overrides of this row
     tasks: str = ""                    # a TASK_ROWS name (B, B+I, ..., B+V); "" keeps the preset's
+    init: str = ""                     # pre-train from this Kaleido checkpoint (a multi-stage row), not the preset's
+    checkpoint: str = ""               # an already fine-tuned model at the same budget: evaluated only
+    finetune_overrides: list[str] = field(default_factory=list)  # fine-tuning overrides of this row
 
 
 @dataclass
@@ -49,6 +60,12 @@ class AblationConfig:
     finetune: list[str] = field(default_factory=lambda: ["train.epochs=1"])   # retrieval budget
     evaluate: list[str] = field(default_factory=lambda: ["kb101.queries=200", "full_catalog=0"])
     finetune_preset: str = "default"
+    finetune_task: str = "retrieval"   # retrieval | multitask (its multitask.tasks in ``finetune``)
+    dual: str = ""     # first stage: fine-tuning mines from it (retrieval.mining=first_stage), eval re-ranks it
+    prior: str = ""    # a `kaleido baseline linear-probe` run: the linear reference row on the same draws
+    # train only these rows now (names; empty = all): the others stay for a later call, and any of
+    # them already evaluated in OUT is still in the summary
+    only: list[str] = field(default_factory=list)
 
 
 def slug(name: str) -> str:
@@ -63,41 +80,133 @@ def row_overrides(row: AblationRow) -> list[str]:
 
 def run_ablation(cfg: AblationConfig, catalog, caches: dict[str, Path], out: str | Path,
                  split_file, split: str = "test") -> dict[str, dict]:
-    """Pre-train, fine-tune and evaluate every row; returns ``{row name: retrieval figures}``."""
-    from kaleido.evaluation.evaluate import EvalConfig, evaluate
+    """Pre-train, fine-tune and evaluate every row; returns ``{row name: its evaluation}``."""
     from kaleido.data import split_products
-    from kaleido.finetune import FinetuneConfig, finetune
-    from kaleido.pretrain import PretrainConfig, pretrain
+    from kaleido.evaluation.evaluate import EvalConfig, evaluate, find_checkpoints
+    from kaleido.evaluation.tables import to_jsonable
 
     out = Path(out)
     if not cfg.rows:
         raise ValueError("the ablation has no rows")
-    missing = sorted({r.cache for r in cfg.rows} - set(caches))
+    if cfg.finetune_task not in ("retrieval", "multitask"):
+        raise ValueError(f"finetune_task={cfg.finetune_task!r}: choose retrieval or multitask")
+    unknown = sorted(set(cfg.only) - {r.name for r in cfg.rows})
+    if unknown:
+        raise ValueError(f"only={unknown}: no such row (rows: {', '.join(r.name for r in cfg.rows)})")
+    todo = [r for r in cfg.rows if not cfg.only or r.name in cfg.only]
+    missing = sorted({r.cache for r in todo} - set(caches))
     if missing:
         raise ValueError(f"rows need the caches {missing}; give them as --cache NAME=PATH "
                          f"(have: {sorted(caches) or 'none'})")
+    for row in todo:
+        for what, path in (("init", row.init), ("checkpoint", row.checkpoint)):
+            if path and not Path(path).exists():
+                raise FileNotFoundError(f"row {row.name!r}: {what}={path} does not exist")
+    mining = any(o.replace(" ", "") == "retrieval.mining=first_stage" for o in cfg.finetune)
+    if mining and not cfg.dual:
+        raise ValueError("the fine-tuning overrides mine negatives from a first stage "
+                         "(retrieval.mining=first_stage): give dual=PATH")
     save_config(cfg, out, "ablation.yaml")
+    ecfg = load_config(EvalConfig, None, [*cfg.evaluate, *([f"dual={cfg.dual}"] if cfg.dual else []),
+                                          *([f"prior={cfg.prior}"] if cfg.prior else [])])
+    products = split_products(catalog, split_file, split)
     results = {}
     for row in cfg.rows:
         folder = out / slug(row.name)
         done = folder / "eval.json"
         if done.is_file():
-            results[row.name] = json.loads(done.read_text())["retrieval"]
+            results[row.name] = json.loads(done.read_text())
             log.info("row %r already evaluated; skipped", row.name)
             continue
-        log.info("row %r: pre-training", row.name)
-        pcfg = load_config(PretrainConfig, row.preset, [*cfg.pretrain, *row_overrides(row)], component="pretrain")
-        pretrain(pcfg, catalog, caches[row.cache], folder / "pretrain", split_file=split_file)
-        fcfg = load_config(FinetuneConfig, cfg.finetune_preset, cfg.finetune, component="finetune")
-        finetune("retrieval", fcfg, catalog, caches[row.cache], folder / "pretrain" / "final",
-                 folder / "retrieval", split_file=split_file)
-        ecfg = load_config(EvalConfig, None, cfg.evaluate)
-        products = split_products(catalog, split_file, split)
-        result = evaluate({"retrieval": folder / "retrieval" / "final"}, products, caches[row.cache], ecfg)
-        from kaleido.evaluation.tables import to_jsonable
-        done.write_text(json.dumps(to_jsonable({"row": row.name, **result}), indent=2))
-        results[row.name] = result["retrieval"]
-    from kaleido.evaluation.tables import format_table2
-    table = format_table2(results)
-    (out / "summary.md").write_text(table + "\n")
+        if row not in todo:
+            log.info("row %r: not in only=; left for a later call", row.name)
+            continue
+        budget = _train_row(cfg, row, catalog, caches[row.cache], folder, split_file, mining)
+        model = Path(row.checkpoint) if row.checkpoint else folder / cfg.finetune_task / "final"
+        start = time.monotonic()
+        result = evaluate(find_checkpoints(model), products, caches[row.cache], ecfg)
+        budget["eval_s"] = round(time.monotonic() - start, 1)
+        folder.mkdir(parents=True, exist_ok=True)                 # a checkpoint row trained nothing here
+        done.write_text(json.dumps(to_jsonable({"row": row.name, "model": str(model), "budget": budget,
+                                                **result}), indent=2))
+        results[row.name] = json.loads(done.read_text())
+    (out / "summary.md").write_text(format_summary(results))
     return results
+
+
+def _train_row(cfg: AblationConfig, row: AblationRow, catalog, cache: Path, folder: Path, split_file,
+               mining: bool) -> dict:
+    """Pre-train and fine-tune one row (nothing for a ``checkpoint`` row); its budget."""
+    from kaleido.finetune import FinetuneConfig, finetune
+    from kaleido.pretrain import PretrainConfig, pretrain
+
+    if row.checkpoint:
+        return {"checkpoint": row.checkpoint}
+    log.info("row %r: pre-training", row.name)
+    overrides = [*cfg.pretrain, *row_overrides(row), *([f"init={row.init}"] if row.init else [])]
+    pcfg = load_config(PretrainConfig, row.preset, overrides, component="pretrain")
+    start = time.monotonic()
+    pretrain(pcfg, catalog, cache, folder / "pretrain", split_file=split_file)
+    pretrain_s = time.monotonic() - start
+    log.info("row %r: fine-tuning (%s)", row.name, cfg.finetune_task)
+    fcfg = load_config(FinetuneConfig, cfg.finetune_preset,
+                       [*cfg.finetune, *([f"retrieval.first_stage={cfg.dual}"] if mining else []),
+                        *row.finetune_overrides],
+                       component="finetune")
+    start = time.monotonic()
+    finetune(cfg.finetune_task, fcfg, catalog, cache, folder / "pretrain" / "final",
+             folder / cfg.finetune_task, split_file=split_file)
+    return {"pretrain_steps": _steps(folder / "pretrain"), "pretrain_s": round(pretrain_s, 1),
+            "finetune_steps": _steps(folder / cfg.finetune_task),
+            "finetune_s": round(time.monotonic() - start, 1), "init": row.init or pcfg.init}
+
+
+def _steps(run: Path) -> int | None:
+    """The optimiser steps a training run took (the last step of its ``log.csv``)."""
+    import csv
+
+    try:
+        with (run / "log.csv").open() as f:
+            steps = [int(float(r["step"])) for r in csv.DictReader(f) if r.get("step")]
+    except (OSError, KeyError, ValueError):
+        return None
+    return max(steps) if steps else None
+
+
+def format_summary(results: dict[str, dict]) -> str:
+    """The rows' tables in Markdown: KB-101 (with the linear reference and first-stage rows when
+    measured), full-catalog search, ITM, category / subcategory / captioning, and the budgets."""
+    from kaleido.evaluation.tables import (format_full_catalog, format_itm, format_table2, format_table3,
+                                           retrieval_systems, table3_row)
+
+    systems: dict[str, dict] = {}
+    for name, result in results.items():
+        systems.update(retrieval_systems(name, result["retrieval"]))   # shared rows (same draws) merge
+    parts = ["## KB-101 (mean ± std over the draws)", format_table2(systems, with_std=True)]
+    catalog = {n: r["full_catalog"] for n, r in systems.items() if isinstance(r, dict) and r.get("full_catalog")}
+    if catalog:
+        parts += ["## Full-catalog retrieval (a same-title product is a hit)", format_full_catalog(catalog)]
+    if any("itm" in r for r in systems.values() if isinstance(r, dict)):
+        parts += ["## ITM on clean pairs (same-subcategory negatives)", format_itm(systems)]
+    table3 = {n: table3_row(r) for n, r in results.items() if table3_row(r)}
+    if table3:
+        parts += ["## Category, subcategory, captioning", format_table3(table3)]
+    budget = ["| row | pre-training steps | pre-training wall | fine-tuning steps | fine-tuning wall | eval wall |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, result in results.items():
+        b = result.get("budget", {})
+        if "checkpoint" in b:
+            budget.append(f"| {name} | trained elsewhere: {b['checkpoint']} | | | | {_minutes(b.get('eval_s'))} |")
+        else:
+            budget.append(f"| {name} | {b.get('pretrain_steps', '-')} | {_minutes(b.get('pretrain_s'))} | "
+                          f"{b.get('finetune_steps', '-')} | {_minutes(b.get('finetune_s'))} | "
+                          f"{_minutes(b.get('eval_s'))} |")
+    parts += ["## Budget (this machine)", "\n".join(budget)]
+    return "\n\n".join(parts) + "\n"
+
+
+def _minutes(seconds) -> str:
+    if seconds is None:
+        return "-"
+    from kaleido.pipeline.run import format_duration
+    return format_duration(float(seconds))

@@ -42,3 +42,52 @@ def test_tiny_ablation_runs_every_row_and_resumes(pretrain_data, tmp_path, capsy
     capsys.readouterr()
     assert main(args) == 0  # a rerun finds every row evaluated
     assert (tmp_path / "abl" / "summary.md").read_text() == summary
+
+
+def test_systems_rows_at_one_budget(pretrain_data, dual_dir, reranker_dir, tmp_path, capsys):
+    """The issue-17 shape of a run: one multitask encoder per row with negatives mined from the first
+    stage, a two-stage row pre-trained from another run (ImageBERT), a row trained elsewhere (the
+    release) that is only evaluated, all measured as two-stage systems on the same draws."""
+    import yaml
+
+    d = pretrain_data
+    data = ["--catalog", str(d["catalog_dir"]), "--image-root", str(d["image_root"]), "--split-file", str(d["split"])]
+    stage1 = tmp_path / "stage1"
+    assert main(["pretrain", "--config", "tiny", *data, "--cache", str(d["cache"]), "--out", str(stage1),
+                 "train.max_steps=2"]) == 0
+    cfg = {"rows": [{"name": "single", "preset": "tiny"},
+                    {"name": "two-stage", "preset": "tiny", "init": str(stage1 / "final")},
+                    {"name": "trained elsewhere", "checkpoint": str(reranker_dir)}],
+           "pretrain": ["train.max_steps=2"], "finetune_preset": "tiny", "finetune_task": "multitask",
+           "finetune": ["multitask.tasks=[retrieval,category]", "retrieval.mining=first_stage", "train.max_steps=2"],
+           "dual": str(dual_dir),
+           "evaluate": ["kb101.queries=2", "kb101.negatives=2", "kb101.draws=1", "full_catalog=0", "meteor=false",
+                        "exhaustive=false", "rerank_k=2"]}
+    preset = tmp_path / "systems.yaml"
+    preset.write_text(yaml.safe_dump(cfg))
+    args = ["ablate", "--config", str(preset), *data, "--cache", f"kaleido-saliency={d['cache']}",
+            "--split", "test", "--out", str(tmp_path / "sys")]
+    assert main(args) == 0
+    summary = (tmp_path / "sys" / "summary.md").read_text()
+    kb101 = summary.split("## KB-101")[1].split("## ")[0]
+    assert kb101.count("| first stage (same draws) |") == 1            # shared rows appear once per table
+    for name in ("single", "two-stage", "trained elsewhere"):
+        assert f"| first stage top 2 + {name} ITM |" in kb101
+    table3 = summary.split("## Category")[1].split("## Budget")[0]
+    assert "| single |" in table3 and "| two-stage |" in table3 and "trained elsewhere" not in table3
+    row = json.loads((tmp_path / "sys" / "two-stage" / "eval.json").read_text())
+    assert row["budget"]["pretrain_steps"] == 2 and row["budget"]["finetune_steps"] == 2
+    assert row["budget"]["init"] == str(stage1 / "final") and "accuracy" in row["category"]
+    assert "trained elsewhere: " in summary and (tmp_path / "sys" / "single" / "multitask" / "final").is_dir()
+    # a row added later and left out by only=: not trained, the evaluated rows stay in the summary
+    preset.write_text(yaml.safe_dump({**cfg, "rows": [*cfg["rows"], {"name": "later", "preset": "tiny"}],
+                                      "only": ["single"]}))
+    assert main(args) == 0
+    assert (tmp_path / "sys" / "summary.md").read_text() == summary and not (tmp_path / "sys" / "later").exists()
+    preset.write_text(yaml.safe_dump({**cfg, "only": ["nope"]}))
+    assert main(args) == 2 and "no such row" in capsys.readouterr().err
+    # mining from a first stage that was not given: refused before anything runs
+    preset.write_text(yaml.safe_dump({**cfg, "dual": ""}))
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "sys2")]) == 2
+    assert "dual=PATH" in capsys.readouterr().err and not (tmp_path / "sys2").exists()

@@ -57,3 +57,25 @@ def test_split_file_for_another_catalog_is_refused(sample_dir, tmp_path):
     (tmp_path / "split.csv").write_text("id,split\n1,training\n")
     with pytest.raises(CatalogError, match="unknown split names"):
         read_split(tmp_path)
+
+
+def test_an_overlapping_catalog_keeps_the_other_split(sample_dir, tmp_path):
+    """fashion-products-lowres shares ids with fashion-products: with --keep, the other's val / test
+    products keep their split, so stage-1 pre-training on the train split never sees them."""
+    from kaleido.cli import main
+
+    catalog = load_catalog(sample_dir)
+    small = catalog.subset(p.id for p in catalog.products[:40])
+    other = read_split(write_split(small, tmp_path / "other"))
+    assert main(["data", "split", str(sample_dir), "--out", str(tmp_path / "big"),
+                 "--keep", str(tmp_path / "other"), "split.train=0.98", "split.val=0.01"]) == 0
+    big = read_split(tmp_path / "big")
+    assert all(big[pid] == split for pid, split in other.items())
+    held = [pid for pid, split in other.items() if split != "train"]
+    assert held and not set(held) & {p.id for p in split_catalog(catalog, big, "train")}
+    import json
+    meta = json.loads((tmp_path / "big" / "split.json").read_text())
+    assert meta["kept"] == {s: list(other.values()).count(s) for s in ("train", "val", "test")}
+    # without it the same products are re-drawn and some of the other's test lands in train
+    plain = read_split(write_split(catalog, tmp_path / "plain", SplitConfig(train=0.98, val=0.01)))
+    assert any(plain[pid] == "train" for pid in held)

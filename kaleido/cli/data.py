@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import load_config, save_config
-from ..data import DataConfig, export_fashiongen, load_catalog, write_split
+from ..data import DataConfig, export_fashiongen, load_catalog, read_split, write_split
 from ..data.inspect import format_inspection, inspect_catalog
 from .common import add_catalog_args, catalog_overrides
 
@@ -27,6 +27,9 @@ def register(sub) -> None:
     add_catalog_args(p, positional=True)
     p.add_argument("--out", type=Path, required=True, help="folder for split.csv / split.json")
     p.add_argument("--config", default=None, help="data preset name or YAML file")
+    p.add_argument("--keep", type=Path, default=None, metavar="SPLIT_FILE",
+                   help="split.csv of an overlapping catalog: its products keep their split here "
+                        "(e.g. fashion-products-lowres held out from fashion-products' val / test)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. split.seed=1 split.train=0.7")
     p.set_defaults(func=cmd_split)
 
@@ -58,11 +61,15 @@ def cmd_split(args) -> int:
     if not len(catalog):
         print("kaleido: error: the catalog has no products to split", file=sys.stderr)
         return 1
-    path = write_split(catalog, args.out, cfg.split)
+    keep = read_split(args.keep) if args.keep else None
+    path = write_split(catalog, args.out, cfg.split, keep)
     save_config(cfg, args.out)
     meta = json.loads((args.out / "split.json").read_text())
     counts = ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())
     print(f"wrote {path} ({counts}) and {args.out / 'config.yaml'}")
+    if "kept" in meta:
+        kept = ", ".join(f"{k} {v:,}" for k, v in meta["kept"].items())
+        print(f"kept from {args.keep}: {kept}")
     # Each category is cut on its own, so categories of one or two products go to train only.
     wanted = {"val": cfg.split.val, "test": 1 - cfg.split.train - cfg.split.val}
     empty = [name for name, share in wanted.items() if share > 1e-9 and not meta["counts"][name]]

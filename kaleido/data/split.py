@@ -72,8 +72,15 @@ def assign_splits(catalog: Catalog, cfg: SplitConfig = SplitConfig()) -> dict[st
     return assignment
 
 
-def write_split(catalog: Catalog, out_dir: str | Path, cfg: SplitConfig = SplitConfig()) -> Path:
+def write_split(catalog: Catalog, out_dir: str | Path, cfg: SplitConfig = SplitConfig(),
+                keep: dict[str, str] | None = None) -> Path:
     """Assign splits and write ``split.csv`` (id, split) plus ``split.json`` (config, counts).
+
+    Args:
+        keep: ``{product id: split}`` of another catalog that shares ids with this one (e.g.
+            ``read_split`` of fashion-products for fashion-products-lowres): those products keep
+            that split, so a model trained on this catalog's train split never sees the other's
+            val / test products; the rest are assigned as usual. ``split.json`` counts them.
 
     Returns:
         The path of ``split.csv``.
@@ -81,6 +88,11 @@ def write_split(catalog: Catalog, out_dir: str | Path, cfg: SplitConfig = SplitC
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     assignment = assign_splits(catalog, cfg)
+    kept = Counter()
+    for pid in assignment:
+        if keep and pid in keep:
+            assignment[pid] = keep[pid]
+            kept[keep[pid]] += 1
     frame = pd.DataFrame({"id": [p.id for p in catalog],
                           "split": [assignment[p.id] for p in catalog]})
     path = out / SPLIT_FILE
@@ -88,6 +100,8 @@ def write_split(catalog: Catalog, out_dir: str | Path, cfg: SplitConfig = SplitC
     counts = Counter(frame["split"])
     meta = {"source": catalog.report.source, "products": len(catalog), "config": asdict(cfg),
             "counts": {s: counts.get(s, 0) for s in SPLITS}}
+    if keep is not None:
+        meta["kept"] = {s: kept.get(s, 0) for s in SPLITS}
     (out / "split.json").write_text(json.dumps(meta, indent=2))
     return path
 
