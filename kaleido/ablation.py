@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kaleido.config import load_config, save_config
@@ -63,6 +63,10 @@ class AblationConfig:
     finetune_task: str = "retrieval"   # retrieval | multitask (its multitask.tasks in ``finetune``)
     dual: str = ""     # first stage: fine-tuning mines from it (retrieval.mining=first_stage), eval re-ranks it
     prior: str = ""    # a `kaleido baseline linear-probe` run: the linear reference row on the same draws
+    # the --cache NAME the first stage reads for every row ("" = each row's own cache): rows whose
+    # inputs differ from the dual encoder's (FashionBERT's grid, ViLT's pixels) still mine from and
+    # are re-ranked over the same candidates
+    dual_cache: str = ""
     # train only these rows now (names; empty = all): the others stay for a later call, and any of
     # them already evaluated in OUT is still in the summary
     only: list[str] = field(default_factory=list)
@@ -90,11 +94,19 @@ def run_ablation(cfg: AblationConfig, catalog, caches: dict[str, Path], out: str
         raise ValueError("the ablation has no rows")
     if cfg.finetune_task not in ("retrieval", "multitask"):
         raise ValueError(f"finetune_task={cfg.finetune_task!r}: choose retrieval or multitask")
+    slugs = [slug(r.name) for r in cfg.rows]
+    if len(set(slugs)) < len(slugs):
+        raise ValueError(f"row names must differ after slug() (folder names): {slugs}")
+    for row in cfg.rows:
+        if row.checkpoint and (row.init or row.overrides or row.tasks or row.finetune_overrides
+                               or row.preset != "default"):
+            raise ValueError(f"row {row.name!r}: a checkpoint row is only evaluated; its preset / init / "
+                             "overrides / tasks / finetune_overrides would not be applied")
     unknown = sorted(set(cfg.only) - {r.name for r in cfg.rows})
     if unknown:
         raise ValueError(f"only={unknown}: no such row (rows: {', '.join(r.name for r in cfg.rows)})")
     todo = [r for r in cfg.rows if not cfg.only or r.name in cfg.only]
-    missing = sorted({r.cache for r in todo} - set(caches))
+    missing = sorted(({r.cache for r in todo} | ({cfg.dual_cache} if cfg.dual_cache else set())) - set(caches))
     if missing:
         raise ValueError(f"rows need the caches {missing}; give them as --cache NAME=PATH "
                          f"(have: {sorted(caches) or 'none'})")
@@ -102,40 +114,59 @@ def run_ablation(cfg: AblationConfig, catalog, caches: dict[str, Path], out: str
         for what, path in (("init", row.init), ("checkpoint", row.checkpoint)):
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"row {row.name!r}: {what}={path} does not exist")
-    mining = any(o.replace(" ", "") == "retrieval.mining=first_stage" for o in cfg.finetune)
-    if mining and not cfg.dual:
-        raise ValueError("the fine-tuning overrides mine negatives from a first stage "
-                         "(retrieval.mining=first_stage): give dual=PATH")
+    for row in todo:
+        if _mines(cfg, row) and not cfg.dual:
+            raise ValueError(f"row {row.name!r} mines its fine-tuning negatives from a first stage "
+                             "(retrieval.mining=first_stage): give dual=PATH")
     save_config(cfg, out, "ablation.yaml")
+    dual_cache = str(caches[cfg.dual_cache]) if cfg.dual_cache else ""
     ecfg = load_config(EvalConfig, None, [*cfg.evaluate, *([f"dual={cfg.dual}"] if cfg.dual else []),
+                                          *([f"dual_cache={dual_cache}"] if dual_cache else []),
                                           *([f"prior={cfg.prior}"] if cfg.prior else [])])
+    # what every row is measured under; a row evaluated under another protocol is measured again
+    protocol = json.loads(json.dumps(to_jsonable({"split": split, "evaluate": asdict(ecfg)})))
     products = split_products(catalog, split_file, split)
     results = {}
     for row in cfg.rows:
         folder = out / slug(row.name)
         done = folder / "eval.json"
-        if done.is_file():
-            results[row.name] = json.loads(done.read_text())
+        saved = json.loads(done.read_text()) if done.is_file() else None
+        if saved and saved.get("protocol") == protocol:
+            results[row.name] = saved
             log.info("row %r already evaluated; skipped", row.name)
             continue
         if row not in todo:
+            if saved:
+                raise ValueError(f"row {row.name!r} in {folder} was measured under another protocol; "
+                                 "include it in only= to measure it again")
             log.info("row %r: not in only=; left for a later call", row.name)
             continue
-        budget = _train_row(cfg, row, catalog, caches[row.cache], folder, split_file, mining)
+        if saved:
+            log.info("row %r: evaluated under another protocol; measured again (training is kept)", row.name)
+            budget = {k: v for k, v in saved["budget"].items() if k != "eval_s"}
+        else:
+            budget = _train_row(cfg, row, catalog, caches[row.cache], folder, split_file, dual_cache)
         model = Path(row.checkpoint) if row.checkpoint else folder / cfg.finetune_task / "final"
         start = time.monotonic()
         result = evaluate(find_checkpoints(model), products, caches[row.cache], ecfg)
         budget["eval_s"] = round(time.monotonic() - start, 1)
         folder.mkdir(parents=True, exist_ok=True)                 # a checkpoint row trained nothing here
         done.write_text(json.dumps(to_jsonable({"row": row.name, "model": str(model), "budget": budget,
-                                                **result}), indent=2))
+                                                "protocol": protocol, **result}), indent=2))
         results[row.name] = json.loads(done.read_text())
     (out / "summary.md").write_text(format_summary(results))
     return results
 
 
+def _mines(cfg: AblationConfig, row: AblationRow) -> bool:
+    """Whether the row's fine-tuning mines negatives from the first stage."""
+    setting = [o.replace(" ", "") for o in [*cfg.finetune, *row.finetune_overrides]
+               if o.replace(" ", "").startswith("retrieval.mining=")]
+    return bool(setting) and setting[-1] == "retrieval.mining=first_stage"
+
+
 def _train_row(cfg: AblationConfig, row: AblationRow, catalog, cache: Path, folder: Path, split_file,
-               mining: bool) -> dict:
+               dual_cache: str) -> dict:
     """Pre-train and fine-tune one row (nothing for a ``checkpoint`` row); its budget."""
     from kaleido.finetune import FinetuneConfig, finetune
     from kaleido.pretrain import PretrainConfig, pretrain
@@ -145,32 +176,23 @@ def _train_row(cfg: AblationConfig, row: AblationRow, catalog, cache: Path, fold
     log.info("row %r: pre-training", row.name)
     overrides = [*cfg.pretrain, *row_overrides(row), *([f"init={row.init}"] if row.init else [])]
     pcfg = load_config(PretrainConfig, row.preset, overrides, component="pretrain")
-    start = time.monotonic()
-    pretrain(pcfg, catalog, cache, folder / "pretrain", split_file=split_file)
-    pretrain_s = time.monotonic() - start
+    pre = pretrain(pcfg, catalog, cache, folder / "pretrain", split_file=split_file)
     log.info("row %r: fine-tuning (%s)", row.name, cfg.finetune_task)
-    fcfg = load_config(FinetuneConfig, cfg.finetune_preset,
-                       [*cfg.finetune, *([f"retrieval.first_stage={cfg.dual}"] if mining else []),
-                        *row.finetune_overrides],
+    mining = [f"retrieval.first_stage={cfg.dual}", *([f"retrieval.first_stage_cache={dual_cache}"]
+                                                     if dual_cache else [])] if _mines(cfg, row) else []
+    fcfg = load_config(FinetuneConfig, cfg.finetune_preset, [*cfg.finetune, *mining, *row.finetune_overrides],
                        component="finetune")
-    start = time.monotonic()
-    finetune(cfg.finetune_task, fcfg, catalog, cache, folder / "pretrain" / "final",
-             folder / cfg.finetune_task, split_file=split_file)
-    return {"pretrain_steps": _steps(folder / "pretrain"), "pretrain_s": round(pretrain_s, 1),
-            "finetune_steps": _steps(folder / cfg.finetune_task),
-            "finetune_s": round(time.monotonic() - start, 1), "init": row.init or pcfg.init}
+    fine = finetune(cfg.finetune_task, fcfg, catalog, cache, folder / "pretrain" / "final",
+                    folder / cfg.finetune_task, split_file=split_file)
+    budget = {"pretrain_steps": pre.steps, "pretrain_s": round(pre.wall_s, 1),   # over every resume
+              "finetune_steps": fine.steps, "finetune_s": round(fine.wall_s, 1), "init": row.init or pcfg.init}
+    stage1 = Path(row.init).parent / "log.csv" if row.init else None
+    if stage1 and stage1.is_file():   # a multi-stage row: what its first stage cost
+        import pandas as pd
 
-
-def _steps(run: Path) -> int | None:
-    """The optimiser steps a training run took (the last step of its ``log.csv``)."""
-    import csv
-
-    try:
-        with (run / "log.csv").open() as f:
-            steps = [int(float(r["step"])) for r in csv.DictReader(f) if r.get("step")]
-    except (OSError, KeyError, ValueError):
-        return None
-    return max(steps) if steps else None
+        log_ = pd.read_csv(stage1)
+        budget["init_steps"] = int(log_["step"].max()) if "step" in log_ and len(log_) else None
+    return budget
 
 
 def format_summary(results: dict[str, dict]) -> str:
@@ -179,6 +201,9 @@ def format_summary(results: dict[str, dict]) -> str:
     from kaleido.evaluation.tables import (format_full_catalog, format_itm, format_table2, format_table3,
                                            retrieval_systems, table3_row)
 
+    measured = {(r.get("products"), r["retrieval"].get("sampling")) for r in results.values()}
+    if len(measured) > 1:   # the shared rows (reference, first stage) would be one row's, not all's
+        raise ValueError(f"the rows were measured on different products or draws: {sorted(map(str, measured))}")
     systems: dict[str, dict] = {}
     for name, result in results.items():
         systems.update(retrieval_systems(name, result["retrieval"]))   # shared rows (same draws) merge
@@ -198,7 +223,9 @@ def format_summary(results: dict[str, dict]) -> str:
         if "checkpoint" in b:
             budget.append(f"| {name} | trained elsewhere: {b['checkpoint']} | | | | {_minutes(b.get('eval_s'))} |")
         else:
-            budget.append(f"| {name} | {b.get('pretrain_steps', '-')} | {_minutes(b.get('pretrain_s'))} | "
+            first = (f" after {b['init_steps']} steps of {b['init']}" if b.get("init_steps")
+                     else f" from {b['init']}" if b.get("init") not in (None, "minilm") else "")
+            budget.append(f"| {name} | {b.get('pretrain_steps', '-')}{first} | {_minutes(b.get('pretrain_s'))} | "
                           f"{b.get('finetune_steps', '-')} | {_minutes(b.get('finetune_s'))} | "
                           f"{_minutes(b.get('eval_s'))} |")
     parts += ["## Budget (this machine)", "\n".join(budget)]

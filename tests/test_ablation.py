@@ -56,17 +56,19 @@ def test_systems_rows_at_one_budget(pretrain_data, dual_dir, reranker_dir, tmp_p
     assert main(["pretrain", "--config", "tiny", *data, "--cache", str(d["cache"]), "--out", str(stage1),
                  "train.max_steps=2"]) == 0
     cfg = {"rows": [{"name": "single", "preset": "tiny"},
-                    {"name": "two-stage", "preset": "tiny", "init": str(stage1 / "final")},
+                    {"name": "two-stage", "preset": "tiny", "init": str(stage1 / "final"), "cache": "other"},
                     {"name": "trained elsewhere", "checkpoint": str(reranker_dir)}],
            "pretrain": ["train.max_steps=2"], "finetune_preset": "tiny", "finetune_task": "multitask",
            "finetune": ["multitask.tasks=[retrieval,category]", "retrieval.mining=first_stage", "train.max_steps=2"],
-           "dual": str(dual_dir),
+           "dual": str(dual_dir), "dual_cache": "kaleido-saliency",
            "evaluate": ["kb101.queries=2", "kb101.negatives=2", "kb101.draws=1", "full_catalog=0", "meteor=false",
                         "exhaustive=false", "rerank_k=2"]}
     preset = tmp_path / "systems.yaml"
     preset.write_text(yaml.safe_dump(cfg))
+    other = tmp_path / "other-cache"   # another name for the same features: the routing is what is tested
+    other.symlink_to(d["cache"], target_is_directory=True)
     args = ["ablate", "--config", str(preset), *data, "--cache", f"kaleido-saliency={d['cache']}",
-            "--split", "test", "--out", str(tmp_path / "sys")]
+            "--cache", f"other={other}", "--split", "test", "--out", str(tmp_path / "sys")]
     assert main(args) == 0
     summary = (tmp_path / "sys" / "summary.md").read_text()
     kb101 = summary.split("## KB-101")[1].split("## ")[0]
@@ -77,7 +79,12 @@ def test_systems_rows_at_one_budget(pretrain_data, dual_dir, reranker_dir, tmp_p
     assert "| single |" in table3 and "| two-stage |" in table3 and "trained elsewhere" not in table3
     row = json.loads((tmp_path / "sys" / "two-stage" / "eval.json").read_text())
     assert row["budget"]["pretrain_steps"] == 2 and row["budget"]["finetune_steps"] == 2
-    assert row["budget"]["init"] == str(stage1 / "final") and "accuracy" in row["category"]
+    assert row["budget"]["init"] == str(stage1 / "final") and row["budget"]["init_steps"] == 2
+    assert "accuracy" in row["category"] and row["protocol"]["evaluate"]["dual_cache"] == str(d["cache"])
+    # the row on the other cache mined from the first stage's cache, not its own
+    mined = yaml.safe_load((tmp_path / "sys" / "two-stage" / "multitask" / "config.yaml").read_text())
+    assert mined["retrieval"]["first_stage_cache"] == str(d["cache"])
+    assert f"2 after 2 steps of {stage1 / 'final'}" in summary
     assert "trained elsewhere: " in summary and (tmp_path / "sys" / "single" / "multitask" / "final").is_dir()
     # a row added later and left out by only=: not trained, the evaluated rows stay in the summary
     preset.write_text(yaml.safe_dump({**cfg, "rows": [*cfg["rows"], {"name": "later", "preset": "tiny"}],
@@ -86,6 +93,10 @@ def test_systems_rows_at_one_budget(pretrain_data, dual_dir, reranker_dir, tmp_p
     assert (tmp_path / "sys" / "summary.md").read_text() == summary and not (tmp_path / "sys" / "later").exists()
     preset.write_text(yaml.safe_dump({**cfg, "only": ["nope"]}))
     assert main(args) == 2 and "no such row" in capsys.readouterr().err
+    # another evaluation protocol: the evaluated rows are measured again, never mixed with the old ones
+    preset.write_text(yaml.safe_dump({**cfg, "evaluate": [*cfg["evaluate"], "fusion_weights=[1.0]"],
+                                      "only": ["single"]}))
+    assert main(args) == 2 and "another protocol" in capsys.readouterr().err
     # mining from a first stage that was not given: refused before anything runs
     preset.write_text(yaml.safe_dump({**cfg, "dual": ""}))
     capsys.readouterr()

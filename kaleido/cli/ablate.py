@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--split-file", type=Path, required=True, help="split.csv or its folder")
     p.add_argument("--split", default="test", choices=("val", "test"), help="evaluation split")
     p.add_argument("--out", type=Path, required=True, help="one folder per row plus summary.md (resumable)")
-    p.add_argument("--config", default="kpg-masking", help="ablation preset (table4, kpg-masking, tiny) or YAML")
+    p.add_argument("--config", default="kpg-masking", help="preset (table4, kpg-masking, systems, tiny) or YAML")
     p.add_argument("overrides", nargs="*", help='e.g. "pretrain=[train.epochs=1]"')
     p.set_defaults(func=cmd_ablate)
 

@@ -68,6 +68,8 @@ def cmd_split(args) -> int:
     counts = ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())
     print(f"wrote {path} ({counts}) and {args.out / 'config.yaml'}")
     if "kept" in meta:
+        meta["kept_from"] = str(args.keep)
+        (args.out / "split.json").write_text(json.dumps(meta, indent=2))
         kept = ", ".join(f"{k} {v:,}" for k, v in meta["kept"].items())
         print(f"kept from {args.keep}: {kept}")
     # Each category is cut on its own, so categories of one or two products go to train only.

@@ -50,6 +50,9 @@ class EvalConfig:
     # the first stage (a `kaleido dual train` RUN/final, or a linear-probe run): also ranks by it
     # alone and by the two-stage system (its top rerank_k re-ordered by ITM)
     dual: str = ""
+    # the feature cache the first stage reads ("" = --cache): another one when the evaluated model's
+    # inputs are not the first stage's (a fixed-grid or pixel cache beside a patch dual encoder)
+    dual_cache: str = ""
     rerank_k: int = 10           # two-stage: candidates of the first stage re-ranked, per query
     # two-stage fused systems: the first stage's top rerank_k re-ordered by its logit + w x ITM
     # log-odds, one system per weight w (choose w on the val split, report it on test)
@@ -181,6 +184,10 @@ def _dual_systems(scorer: PairScorer, products, draws, cache, cfg: EvalConfig) -
     from kaleido.evaluation.two_stage import two_stage_full_catalog, two_stage_rows
     from kaleido.first_stage import load_first_stage
 
+    if cfg.dual_cache:
+        from kaleido.patches.cache import FeatureCache
+
+        cache = FeatureCache(cfg.dual_cache)
     stage = load_first_stage(cfg.dual, products, cache, device=cfg.device)
     k = cfg.rerank_k
     n = min(cfg.full_catalog, len(products))

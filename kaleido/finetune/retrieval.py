@@ -52,6 +52,9 @@ class RetrievalConfig:
     mining: str = "dataset"
     itc_weight: float = 1.0      # mining=itc: weight of the ITC loss beside the retrieval loss
     first_stage: str = ""        # mining=first_stage: the aligned model's folder
+    # the feature cache the first stage reads ("" = the fine-tuning cache); another one when the
+    # encoder's inputs differ from the first stage's (a fixed-grid or pixel cache, a patch dual)
+    first_stage_cache: str = ""
     mining_pool: int = 32        # mining=first_stage: candidates kept per product
     mining_temperature: float = 1.0  # mining=first_stage: softmax(logit / T) over the pool (> 1 flattens)
     # mining=first_stage: share of negatives drawn from any product instead of the pool: easy
@@ -105,7 +108,12 @@ class RetrievalDataset(Dataset):
         if cfg.mining == "first_stage":
             from kaleido.first_stage import load_first_stage
 
-            stage = load_first_stage(cfg.first_stage, products, pairs.cache)
+            if cfg.first_stage_cache:
+                from kaleido.patches.cache import FeatureCache
+
+                stage = load_first_stage(cfg.first_stage, products, FeatureCache(cfg.first_stage_cache))
+            else:
+                stage = load_first_stage(cfg.first_stage, products, pairs.cache)
             self.stage = stage if cfg.residual else None
             titles = [p.title for p in products]
             self.title_groups = title_codes(titles)
