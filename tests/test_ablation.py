@@ -75,6 +75,8 @@ def test_systems_rows_at_one_budget(pretrain_data, dual_dir, reranker_dir, tmp_p
     assert kb101.count("| first stage (same draws) |") == 1            # shared rows appear once per table
     for name in ("single", "two-stage", "trained elsewhere"):
         assert f"| first stage top 2 + {name} ITM |" in kb101
+    itm = summary.split("## ITM")[1].split("## ")[0]
+    assert "| single ITM alone |" in itm and "| trained elsewhere ITM alone |" in itm
     table3 = summary.split("## Category")[1].split("## Budget")[0]
     assert "| single |" in table3 and "| two-stage |" in table3 and "trained elsewhere" not in table3
     row = json.loads((tmp_path / "sys" / "two-stage" / "eval.json").read_text())
