@@ -82,7 +82,7 @@ def drive(url: str, out: Path, query: str = "red dress") -> dict:
         box.fill(query)
         box.press("Enter")
         wait_idle(page)
-        page.wait_for_selector('[data-testid="stImage"] img')
+        page.wait_for_selector('[data-testid="stImage"] img', timeout=180_000)   # not Playwright's 30 s
         images = page.locator('[data-testid="stImage"] img')
         seen["search_images"] = images.count()
         seen["search_loaded"] = sum(images.nth(i).evaluate("e => e.complete && e.naturalWidth > 0")
