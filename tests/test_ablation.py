@@ -8,6 +8,49 @@ from kaleido.ablation import TASK_ROWS, AblationRow, row_overrides
 from kaleido.cli import main
 
 
+@pytest.mark.parametrize("preset", ["table4", "kpg-masking", "systems", "tiny"])
+def test_every_shipped_row_resolves_to_valid_configs(preset):
+    """Each row of a shipped ablation preset builds its pre-training and fine-tuning configs (a typo
+    in a row's overrides fails here, not an hour into a run)."""
+    from kaleido.ablation import AblationConfig
+    from kaleido.config import load_config
+    from kaleido.finetune import FinetuneConfig
+    from kaleido.pretrain import PretrainConfig
+
+    cfg = load_config(AblationConfig, preset, component="ablate")
+    assert cfg.rows
+    for row in cfg.rows:
+        if row.checkpoint:
+            continue
+        pcfg = load_config(PretrainConfig, row.preset, [*cfg.pretrain, *row_overrides(row)], component="pretrain")
+        for override in row.overrides:   # the row's own settings are the ones in effect
+            key, value = override.split("=", 1)
+            node = pcfg
+            for part in key.split("."):
+                node = getattr(node, part)
+            assert str(node) == value, (row.name, override)
+        mining = [f"retrieval.first_stage={cfg.dual}"] if cfg.dual else []   # as run_ablation adds it
+        load_config(FinetuneConfig, cfg.finetune_preset, [*cfg.finetune, *mining, *row.finetune_overrides],
+                    component="finetune")
+
+
+def test_the_systems_experiment_row_differs_from_vilbert_only_in_the_architecture():
+    from kaleido.ablation import AblationConfig
+    from kaleido.config import load_config
+    from kaleido.pretrain import PretrainConfig
+
+    cfg = load_config(AblationConfig, "systems", component="ablate")
+    rows = {r.name: r for r in cfg.rows}
+    resolved = {name: load_config(PretrainConfig, rows[name].preset, [*cfg.pretrain, *row_overrides(rows[name])],
+                                  component="pretrain")
+                for name in ("ViLBERT-style", "Kaleido-BERT, ViLBERT's tasks")}
+    vilbert, single = resolved["ViLBERT-style"], resolved["Kaleido-BERT, ViLBERT's tasks"]
+    assert single.tasks.weights() == vilbert.tasks.weights()
+    assert single.masking.strategy == vilbert.masking.strategy == "random"
+    assert vilbert.model.architecture == "two_stream" and single.model.architecture != "two_stream"
+    assert single.train == vilbert.train
+
+
 def test_task_rows_switch_the_right_heads():
     from kaleido.config import load_config
     from kaleido.pretrain import PretrainConfig
