@@ -142,9 +142,14 @@ def test_image_queries(dual_dir, products, cache, tmp_path):
     hits = engine.search_image(pid, k=5)
     assert pid not in [h.product_id for h in hits] and len(hits) == 5      # the query itself left out
     item = cache[pid]
-    by_features = engine.search_image((item.features, item.positions), k=5)
-    assert by_features[0].product_id == pid and by_features[0].score == pytest.approx(1.0, abs=1e-5)
-    assert [h.product_id for h in by_features[1:]] == [h.product_id for h in hits[:4]]
+    by_features = engine.search_image((item.features, item.positions), k=6)
+    # Its own image scores 1 and nothing scores more. It need not rank first: the fixture's
+    # colour-statistics features lose brightness to the tower's LayerNorm, so two grey products
+    # on white can embed identically (a tie within float noise).
+    own = {h.product_id: h.score for h in by_features}
+    assert own.get(pid) == pytest.approx(1.0, abs=1e-5) and by_features[0].score == pytest.approx(1.0, abs=1e-5)
+    others = [h.score for h in by_features if h.product_id != pid][:4]
+    assert others == pytest.approx([h.score for h in hits[:4]], abs=1e-5)   # the same ranking, by id or by features
     with pytest.raises(ValueError, match="extractor"):
         engine.search_image(__import__("PIL.Image").Image.new("RGB", (8, 8)))
     titles = engine.search_product_to_text(pid, k=3)
