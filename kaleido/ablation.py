@@ -5,7 +5,9 @@ Every row is pre-trained, fine-tuned (``finetune_task``: retrieval, or one multi
 and evaluated with the same seeds and the same budget (the ``pretrain`` / ``finetune``
 overrides apply to all rows); a row may instead name an already fine-tuned ``checkpoint``
 trained at that budget elsewhere (the release's matcher), which is only evaluated. Rows
-already evaluated are skipped, so a killed run resumes. With ``dual`` the rows mine their
+already evaluated are skipped, so a killed run resumes. With ``caption`` (that fine-tuning's
+budget) every trained row also fine-tunes a caption head from its pre-trained encoder and is
+scored on captioning; rows evaluated before get it on the next call. With ``dual`` the rows mine their
 fine-tuning negatives from that first stage and are measured as two-stage systems re-ranking
 its top candidates; with ``prior`` the linear reference is ranked on the same draws. The
 summary (``OUT/summary.md``) holds Table 2, full-catalog search, ITM, Table 3 and each row's
@@ -67,6 +69,10 @@ class AblationConfig:
     # inputs differ from the dual encoder's (FashionBERT's grid, ViLT's pixels) still mine from and
     # are re-ranked over the same candidates
     dual_cache: str = ""
+    # caption fine-tuning overrides (its budget, on ``finetune_preset``): each trained row also
+    # fine-tunes the caption task from its pre-trained encoder and is scored on captioning; empty:
+    # no caption figures. A ``checkpoint`` row has no pre-trained encoder here and gets none.
+    caption: list[str] = field(default_factory=list)
     # train only these rows now (names; empty = all): the others stay for a later call, and any of
     # them already evaluated in OUT is still in the summary
     only: list[str] = field(default_factory=list)
@@ -132,8 +138,12 @@ def run_ablation(cfg: AblationConfig, catalog, caches: dict[str, Path], out: str
         done = folder / "eval.json"
         saved = json.loads(done.read_text()) if done.is_file() else None
         if saved and saved.get("protocol") == protocol:
+            if _caption_due(cfg, row, saved) and row in todo:
+                saved = _add_caption(cfg, row, catalog, caches[row.cache], folder, split_file, products, ecfg, saved)
+                done.write_text(json.dumps(to_jsonable(saved), indent=2))
+            else:
+                log.info("row %r already evaluated; skipped", row.name)
             results[row.name] = saved
-            log.info("row %r already evaluated; skipped", row.name)
             continue
         if row not in todo:
             if saved:
@@ -151,11 +161,41 @@ def run_ablation(cfg: AblationConfig, catalog, caches: dict[str, Path], out: str
         result = evaluate(find_checkpoints(model), products, caches[row.cache], ecfg)
         budget["eval_s"] = round(time.monotonic() - start, 1)
         folder.mkdir(parents=True, exist_ok=True)                 # a checkpoint row trained nothing here
-        done.write_text(json.dumps(to_jsonable({"row": row.name, "model": str(model), "budget": budget,
-                                                "protocol": protocol, **result}), indent=2))
+        result = {"row": row.name, "model": str(model), "budget": budget, "protocol": protocol, **result}
+        if saved and "caption_recipe" in saved:   # re-measured under a new protocol: the caption stays
+            result = {**result, "caption": saved["caption"], "caption_recipe": saved["caption_recipe"],
+                      "budget": {**budget, **{k: v for k, v in saved["budget"].items() if k.startswith("caption")}}}
+        if _caption_due(cfg, row, result):
+            result = _add_caption(cfg, row, catalog, caches[row.cache], folder, split_file, products, ecfg, result)
+        done.write_text(json.dumps(to_jsonable(result), indent=2))
         results[row.name] = json.loads(done.read_text())
     (out / "summary.md").write_text(format_summary(results))
     return results
+
+
+def _caption_due(cfg: AblationConfig, row: AblationRow, result: dict) -> bool:
+    """Whether the row still lacks a caption figure at the configured caption budget."""
+    return bool(cfg.caption) and not row.checkpoint and result.get("caption_recipe") != list(cfg.caption)
+
+
+def _add_caption(cfg: AblationConfig, row: AblationRow, catalog, cache: Path, folder: Path, split_file,
+                 products, ecfg, result: dict) -> dict:
+    """Fine-tune the caption task from the row's pre-trained encoder (``cfg.caption``, resumable)
+    and score its captions on ``products``; ``result`` with ``caption`` and its budget added."""
+    from kaleido.evaluation.evaluate import evaluate
+    from kaleido.finetune import FinetuneConfig, finetune
+
+    init = folder / "pretrain" / "final"
+    if not init.is_dir():
+        raise FileNotFoundError(f"row {row.name!r}: no pre-trained encoder at {init} to fine-tune a caption head from")
+    log.info("row %r: fine-tuning the caption task", row.name)
+    fcfg = load_config(FinetuneConfig, cfg.finetune_preset, cfg.caption, component="finetune")
+    fine = finetune("caption", fcfg, catalog, cache, init, folder / "caption", split_file=split_file)
+    start = time.monotonic()
+    scored = evaluate({"caption": folder / "caption" / "final"}, products, cache, ecfg)
+    budget = {**result["budget"], "caption_steps": fine.steps, "caption_s": round(fine.wall_s, 1),
+              "caption_eval_s": round(time.monotonic() - start, 1)}
+    return {**result, "caption": scored["caption"], "caption_recipe": list(cfg.caption), "budget": budget}
 
 
 def _mines(cfg: AblationConfig, row: AblationRow) -> bool:
@@ -220,18 +260,22 @@ def format_summary(results: dict[str, dict]) -> str:
     table3 = {n: table3_row(r) for n, r in results.items() if table3_row(r)}
     if table3:
         parts += ["## Category, subcategory, captioning", format_table3(table3)]
-    budget = ["| row | pre-training steps | pre-training wall | fine-tuning steps | fine-tuning wall | eval wall |",
-              "|---|---:|---:|---:|---:|---:|"]
+    captions = any("caption_steps" in r.get("budget", {}) for r in results.values())
+    budget = ["| row | pre-training steps | pre-training wall | fine-tuning steps | fine-tuning wall | eval wall |"
+              + " caption steps | caption fine-tuning wall | caption eval wall |" * captions,
+              "|---|---:|---:|---:|---:|---:|" + "---:|---:|---:|" * captions]
     for name, result in results.items():
         b = result.get("budget", {})
+        cap = (f" {b.get('caption_steps', '-')} | {_minutes(b.get('caption_s'))} | "
+               f"{_minutes(b.get('caption_eval_s'))} |") * captions
         if "checkpoint" in b:
-            budget.append(f"| {name} | trained elsewhere: {b['checkpoint']} | | | | {_minutes(b.get('eval_s'))} |")
+            budget.append(f"| {name} | trained elsewhere: {b['checkpoint']} | | | | {_minutes(b.get('eval_s'))} |{cap}")
         else:
             first = (f" after {b['init_steps']} steps of {b['init']}" if b.get("init_steps")
                      else f" from {b['init']}" if b.get("init") not in (None, "minilm") else "")
             budget.append(f"| {name} | {b.get('pretrain_steps', '-')}{first} | {_minutes(b.get('pretrain_s'))} | "
                           f"{b.get('finetune_steps', '-')} | {_minutes(b.get('finetune_s'))} | "
-                          f"{_minutes(b.get('eval_s'))} |")
+                          f"{_minutes(b.get('eval_s'))} |{cap}")
     parts += ["## Budget (this machine)", "\n".join(budget)]
     return "\n\n".join(parts) + "\n"
 

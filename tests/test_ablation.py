@@ -32,6 +32,7 @@ def test_every_shipped_row_resolves_to_valid_configs(preset):
         mining = [f"retrieval.first_stage={cfg.dual}"] if cfg.dual else []   # as run_ablation adds it
         load_config(FinetuneConfig, cfg.finetune_preset, [*cfg.finetune, *mining, *row.finetune_overrides],
                     component="finetune")
+    load_config(FinetuneConfig, cfg.finetune_preset, cfg.caption, component="finetune")
 
 
 def test_the_systems_experiment_row_differs_from_vilbert_only_in_the_architecture():
@@ -147,3 +148,23 @@ def test_systems_rows_at_one_budget(pretrain_data, dual_dir, reranker_dir, tmp_p
     capsys.readouterr()
     assert main([*args[:-1], str(tmp_path / "sys2")]) == 2
     assert "dual=PATH" in capsys.readouterr().err and not (tmp_path / "sys2").exists()
+    # captioning added later: only the rows named get a caption head fine-tuned from their own
+    # pre-trained encoder; the rest of each row's evaluation stays as it was; a rerun trains nothing
+    before = json.loads((tmp_path / "sys" / "single" / "eval.json").read_text())
+    preset.write_text(yaml.safe_dump({**cfg, "caption": ["train.max_steps=2", "caption.max_len=4"], "only": ["single"]}))
+    assert main(args) == 0
+    row = json.loads((tmp_path / "sys" / "single" / "eval.json").read_text())
+    # (measured again under this protocol, the earlier call's fusion weights gone; the same training)
+    assert row["retrieval"]["itm"] == before["retrieval"]["itm"] and row["category"] == before["category"]
+    assert row["budget"]["caption_steps"] == 2 and set(row["caption"]["scores"]) >= {"BLEU-4", "CIDEr"}
+    assert row["caption_recipe"] == ["train.max_steps=2", "caption.max_len=4"]
+    captioned = yaml.safe_load((tmp_path / "sys" / "single" / "caption" / "config.yaml").read_text())
+    assert captioned["train"]["max_steps"] == 2
+    summary = (tmp_path / "sys" / "summary.md").read_text()
+    table3 = summary.split("## Category")[1].split("## Budget")[0]
+    single = next(line for line in table3.splitlines() if line.startswith("| single |"))
+    two = next(line for line in table3.splitlines() if line.startswith("| two-stage |"))
+    assert single.count(" - ") == 0 and two.count(" - ") == 4               # captioned / left for later
+    assert "caption steps" in summary.split("## Budget")[1]
+    assert not (tmp_path / "sys" / "two-stage" / "caption").exists()
+    assert main(args) == 0 and (tmp_path / "sys" / "summary.md").read_text() == summary
