@@ -51,6 +51,9 @@ class AblationRow:
     init: str = ""                     # pre-train from this Kaleido checkpoint (a multi-stage row), not the preset's
     checkpoint: str = ""               # an already fine-tuned model at the same budget: evaluated only
     finetune_overrides: list[str] = field(default_factory=list)  # fine-tuning overrides of this row
+    # the pre-trained encoder the row's caption head starts from; "" = its own pretrain/final (a
+    # checkpoint row has none, so it is captioned only when this names one, e.g. its recipe re-run)
+    caption_init: str = ""
 
 
 @dataclass
@@ -117,7 +120,7 @@ def run_ablation(cfg: AblationConfig, catalog, caches: dict[str, Path], out: str
         raise ValueError(f"rows need the caches {missing}; give them as --cache NAME=PATH "
                          f"(have: {sorted(caches) or 'none'})")
     for row in todo:
-        for what, path in (("init", row.init), ("checkpoint", row.checkpoint)):
+        for what, path in (("init", row.init), ("checkpoint", row.checkpoint), ("caption_init", row.caption_init)):
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"row {row.name!r}: {what}={path} does not exist")
     for row in todo:
@@ -175,7 +178,8 @@ def run_ablation(cfg: AblationConfig, catalog, caches: dict[str, Path], out: str
 
 def _caption_due(cfg: AblationConfig, row: AblationRow, result: dict) -> bool:
     """Whether the row still lacks a caption figure at the configured caption budget."""
-    return bool(cfg.caption) and not row.checkpoint and result.get("caption_recipe") != list(cfg.caption)
+    return (bool(cfg.caption) and (not row.checkpoint or bool(row.caption_init))
+            and result.get("caption_recipe") != list(cfg.caption))
 
 
 def _add_caption(cfg: AblationConfig, row: AblationRow, catalog, cache: Path, folder: Path, split_file,
@@ -185,7 +189,7 @@ def _add_caption(cfg: AblationConfig, row: AblationRow, catalog, cache: Path, fo
     from kaleido.evaluation.evaluate import evaluate
     from kaleido.finetune import FinetuneConfig, finetune
 
-    init = folder / "pretrain" / "final"
+    init = Path(row.caption_init) if row.caption_init else folder / "pretrain" / "final"
     if not init.is_dir():
         raise FileNotFoundError(f"row {row.name!r}: no pre-trained encoder at {init} to fine-tune a caption head from")
     log.info("row %r: fine-tuning the caption task", row.name)
@@ -194,7 +198,8 @@ def _add_caption(cfg: AblationConfig, row: AblationRow, catalog, cache: Path, fo
     start = time.monotonic()
     scored = evaluate({"caption": folder / "caption" / "final"}, products, cache, ecfg)
     budget = {**result["budget"], "caption_steps": fine.steps, "caption_s": round(fine.wall_s, 1),
-              "caption_eval_s": round(time.monotonic() - start, 1)}
+              "caption_eval_s": round(time.monotonic() - start, 1), **({"caption_init": row.caption_init}
+                                                                      if row.caption_init else {})}
     return {**result, "caption": scored["caption"], "caption_recipe": list(cfg.caption), "budget": budget}
 
 

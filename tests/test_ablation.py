@@ -149,9 +149,12 @@ def test_systems_rows_at_one_budget(pretrain_data, dual_dir, reranker_dir, tmp_p
     assert main([*args[:-1], str(tmp_path / "sys2")]) == 2
     assert "dual=PATH" in capsys.readouterr().err and not (tmp_path / "sys2").exists()
     # captioning added later: only the rows named get a caption head fine-tuned from their own
-    # pre-trained encoder; the rest of each row's evaluation stays as it was; a rerun trains nothing
+    # pre-trained encoder (a checkpoint row from the one it names); the rest of each row's
+    # evaluation stays as it was; a rerun trains nothing
     before = json.loads((tmp_path / "sys" / "single" / "eval.json").read_text())
-    preset.write_text(yaml.safe_dump({**cfg, "caption": ["train.max_steps=2", "caption.max_len=4"], "only": ["single"]}))
+    rows = [*cfg["rows"][:2], {**cfg["rows"][2], "caption_init": str(stage1 / "final")}]
+    preset.write_text(yaml.safe_dump({**cfg, "rows": rows, "caption": ["train.max_steps=2", "caption.max_len=4"],
+                                      "only": ["single", "trained elsewhere"]}))
     assert main(args) == 0
     row = json.loads((tmp_path / "sys" / "single" / "eval.json").read_text())
     # (measured again under this protocol, the earlier call's fusion weights gone; the same training)
@@ -167,4 +170,6 @@ def test_systems_rows_at_one_budget(pretrain_data, dual_dir, reranker_dir, tmp_p
     assert single.count(" - ") == 0 and two.count(" - ") == 4               # captioned / left for later
     assert "caption steps" in summary.split("## Budget")[1]
     assert not (tmp_path / "sys" / "two-stage" / "caption").exists()
+    elsewhere = json.loads((tmp_path / "sys" / "trained-elsewhere" / "eval.json").read_text())
+    assert elsewhere["budget"]["caption_init"] == str(stage1 / "final") and "BLEU-4" in elsewhere["caption"]["scores"]
     assert main(args) == 0 and (tmp_path / "sys" / "summary.md").read_text() == summary
