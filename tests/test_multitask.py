@@ -118,3 +118,52 @@ def test_finetune_multitask_then_eval_every_task(pretrain_data, tmp_path, capsys
                  "full_catalog=0", "meteor=false"]) == 0
     figures = json.loads(result.read_text())
     assert {"retrieval", "category", "subcategory", "caption"} <= set(figures)
+
+
+class SimulatedKill(RuntimeError):
+    pass
+
+
+def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(pretrain_data, dual_dir, tmp_path,
+                                                                    monkeypatch):
+    """The systems recipe (ITM + category, negatives mined from a first stage), killed after a
+    checkpoint and run again, gives the same weights as a run never killed."""
+    from safetensors.torch import load_file
+
+    from kaleido.config import load_config
+    from kaleido.finetune import finetune
+
+    d = pretrain_data
+    cfg = load_config(FinetuneConfig, "tiny", [
+        "multitask.tasks=[retrieval,category]", "retrieval.mining=first_stage",
+        f"retrieval.first_stage={dual_dir}", "retrieval.mining_random=0.5", "retrieval.mining_pool=4",
+        "retrieval.itm_interaction=bilinear", "category.input_skip=true", "train.max_steps=6",
+        "train.save_every=2", "data.split=train", "data.val_split=''", "train.schedule=cosine",
+        "train.warmup_steps=2"], component="finetune")
+
+    def run(out):
+        return finetune("multitask", cfg, d["catalog"], d["cache"], "none", out, split_file=d["split"])
+
+    run(tmp_path / "whole")
+    calls, forward = {"n": 0}, MultitaskTask.forward
+
+    def dying_forward(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:  # during step 4, after the checkpoint of step 2
+            raise SimulatedKill
+        return forward(self, batch)
+
+    monkeypatch.setattr(MultitaskTask, "forward", dying_forward)
+    with pytest.raises(SimulatedKill):
+        run(tmp_path / "killed")
+    monkeypatch.setattr(MultitaskTask, "forward", forward)
+    run(tmp_path / "killed")
+
+    def weights(run_dir):
+        return {p.name: load_file(str(p)) for p in sorted((run_dir / "final").glob("*.safetensors"))}
+
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
