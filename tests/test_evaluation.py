@@ -384,6 +384,32 @@ def test_compare_evals_prefixes_the_rows_of_two_stage_results(tmp_path, capsys):
     assert "ITM on clean pairs" in text and "| first stage top 10, its logit + 0.5 x B ITM | 0.913 |" in text
 
 
+def test_choose_fusion_weight_reads_w_off_val_and_reports_test_at_it(tmp_path, capsys):
+    import json
+
+    choose = _load_script("choose_fusion_weight")
+
+    def result(path, split, sums, **extra):
+        fused = {str(w): {"SumR": s, "std": {"SumR": 0.5}} for w, s in sums.items()}
+        path.write_text(json.dumps({"name": "sys", "split": split, **extra,
+                                    "retrieval": {"two_stage_fused": fused}}))
+        return str(path)
+
+    val = result(tmp_path / "val.json", "val", {0.25: 440.0, 0.5: 445.0, 1.0: 441.0})
+    test = result(tmp_path / "test.json", "test", {0.25: 450.0, 0.5: 443.0, 1.0: 449.0})
+    assert choose.main(["--val", val, "--test", test]) == 0
+    # val picks 0.5, so the test figure is 443.0, not the 450.0 that reading w off test would give
+    assert "| sys | 0.25: 440.0, 0.5: 445.0, 1: 441.0 | 0.5 | 443.0 ± 0.5 | 0.25 (450.0) |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):   # the splits swapped
+        choose.main(["--val", test, "--test", val])
+    other = result(tmp_path / "other.json", "test", {0.25: 450.0, 2.0: 1.0})
+    with pytest.raises(SystemExit, match="different weights"):
+        choose.main(["--val", val, "--test", other])
+    (tmp_path / "plain.json").write_text(json.dumps({"retrieval": {"SumR": 1.0}}))
+    with pytest.raises(SystemExit, match="no fused"):
+        choose.main(["--val", str(tmp_path / "plain.json"), "--test", test])
+
+
 # ----------------------------------------------------------------------------- same titles
 
 
