@@ -97,3 +97,28 @@ def test_random_masking_needs_no_alignments_and_agm_says_what_is_missing(pretrai
     result = pretrain(_cfg("masking.strategy=random", "train.max_steps=2"), d["catalog"], d["cache"],
                       tmp_path / "random", split_file=d["split"])
     assert result.steps == 2
+
+
+@pytest.mark.parametrize("tasks", [["tasks.rr=0", "tasks.jps=0", "tasks.cp=0", "tasks.g2cm=0",
+                                    "masking.strategy=random"]], ids=["experiment-row"])
+def test_two_processes_train_the_same_numbers_whatever_their_hash_seed(pretrain_data, tmp_path, tasks):
+    """A run is a function of its config and data, not of the process: string hashing differs
+    between Python processes (PYTHONHASHSEED), so anything ordered by a set or hash of strings
+    would change the numbers from one run of the same command to the next."""
+    import os
+    import subprocess
+    import sys
+
+    d = pretrain_data
+    logs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"run{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        subprocess.run([sys.executable, "-m", "kaleido.cli", "pretrain", "--config", "tiny",
+                        "--catalog", str(d["catalog_dir"]), "--image-root", str(d["image_root"]),
+                        "--cache", str(d["cache"]), "--split-file", str(d["split"]), "--out", str(out),
+                        *TINY, "train.max_steps=4", *tasks], check=True, env=env, capture_output=True)
+        logs.append(_losses(out))
+    assert logs[0] and logs[0] == logs[1]
+    a, b = _weights(tmp_path / "run1"), _weights(tmp_path / "run2")
+    assert all(torch.equal(a[k], b[k]) for k in a)
