@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kaleido.config import load_config, save_config
+from kaleido.environment import environment
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,8 @@ def run_ablation(cfg: AblationConfig, catalog, caches: dict[str, Path], out: str
         result = evaluate(find_checkpoints(model), products, caches[row.cache], ecfg)
         budget["eval_s"] = round(time.monotonic() - start, 1)
         folder.mkdir(parents=True, exist_ok=True)                 # a checkpoint row trained nothing here
-        result = {"row": row.name, "model": str(model), "budget": budget, "protocol": protocol, **result}
+        result = {"row": row.name, "model": str(model), "budget": budget, "protocol": protocol, **result,
+                  "environment": environment()}
         if saved and "caption_recipe" in saved:   # re-measured under a new protocol: the caption stays
             result = {**result, "caption": saved["caption"], "caption_recipe": saved["caption_recipe"],
                       "budget": {**budget, **{k: v for k, v in saved["budget"].items() if k.startswith("caption")}}}

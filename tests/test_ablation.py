@@ -83,6 +83,7 @@ def test_tiny_ablation_runs_every_row_and_resumes(pretrain_data, tmp_path, capsy
     assert "masking: random" in summary and "tasks: B+V" in summary
     row = json.loads((tmp_path / "abl" / "masking-random" / "eval.json").read_text())
     assert row["retrieval"]["draws"] == 1
+    assert "transformers" in row["environment"]["packages"]   # what the figures were made with
     capsys.readouterr()
     assert main(args) == 0  # a rerun finds every row evaluated
     assert (tmp_path / "abl" / "summary.md").read_text() == summary

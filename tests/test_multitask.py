@@ -118,6 +118,7 @@ def test_finetune_multitask_then_eval_every_task(pretrain_data, tmp_path, capsys
                  "full_catalog=0", "meteor=false"]) == 0
     figures = json.loads(result.read_text())
     assert {"retrieval", "category", "subcategory", "caption"} <= set(figures)
+    assert figures["environment"]["packages"]["torch"] == torch.__version__.split("+")[0]
 
 
 class SimulatedKill(RuntimeError):

@@ -157,7 +157,7 @@ def test_toy_task_learns_and_writes_its_run_folder(tmp_path):
     assert result.last["loss"] == pytest.approx(float(train[-1]["loss"]))
     assert math.isfinite(result.last["val_mse_loss"])
     assert float(train[-1]["lr"]) < float(train[3]["lr"])  # cosine decay
-    for name in ("train_config.yaml", "loss_curves.png", "checkpoints/last/task.safetensors",
+    for name in ("train_config.yaml", "environment.json", "loss_curves.png", "checkpoints/last/task.safetensors",
                  "checkpoints/last/trainer_state.pt", "final/model.safetensors"):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

@@ -34,6 +34,7 @@ def cmd_eval(args) -> int:
     from ..evaluation.tables import (format_full_catalog, format_itm, format_table2, format_table3,
                                      retrieval_systems, table3_row, to_jsonable)
     from ..data import split_products
+    from ..environment import environment
 
     cfg = load_config(EvalConfig, None, list(args.overrides))
     if args.model:
@@ -66,7 +67,8 @@ def cmd_eval(args) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"name": name, "checkpoint": str(args.checkpoint), "split": args.split,
-                   "checkpoints": {k: str(v) for k, v in checkpoints.items()}, **result}
+                   "checkpoints": {k: str(v) for k, v in checkpoints.items()}, **result,
+                   "environment": environment()}
         args.json.write_text(json.dumps(to_jsonable(payload), indent=2))
         save_config(cfg, args.json.parent, f"{args.json.stem}.config.yaml")
         print(f"wrote {args.json}")

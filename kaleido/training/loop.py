@@ -8,6 +8,7 @@ lives in the task, so one loop serves pre-training and every downstream head.
 The run folder ``out_dir`` holds::
 
     train_config.yaml       the resolved TrainConfig
+    environment.json        the library versions it ran under (one entry more per change on resume)
     log.csv                 step, epoch, lr, samples_per_s, wall_s, every logged scalar
     loss_curves.png         one subplot per loss (raw, smoothed, val)
     tb/                     TensorBoard scalars (when tensorboard is installed)
@@ -38,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kaleido.config import save_config
+from kaleido.environment import record_environment
 
 from .config import TrainConfig
 from .logs import CSVLog, TensorBoardLog, plot_loss_curves
@@ -272,6 +274,7 @@ class Trainer:
 
         if self.main:
             save_config(cfg, self.out_dir, "train_config.yaml")
+            record_environment(self.out_dir, step)
             self.csv = CSVLog(self.out_dir / "log.csv", keep_until=step)
             self.tb = TensorBoardLog(self.out_dir / "tb", purge_step=step + 1 if step else None,
                                      enabled=cfg.tensorboard)
