@@ -174,3 +174,29 @@ def test_systems_rows_at_one_budget(pretrain_data, dual_dir, reranker_dir, tmp_p
     elsewhere = json.loads((tmp_path / "sys" / "trained-elsewhere" / "eval.json").read_text())
     assert elsewhere["budget"]["caption_init"] == str(stage1 / "final") and "BLEU-4" in elsewhere["caption"]["scores"]
     assert main(args) == 0 and (tmp_path / "sys" / "summary.md").read_text() == summary
+
+
+def test_a_row_trains_the_same_after_other_rows_in_its_process(pretrain_data, tmp_path):
+    """A row's weights do not depend on the rows trained before it in the same `kaleido ablate`
+    process: the same row alone, in a fresh process, gives the same weights bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    d = pretrain_data
+    common = ["--catalog", str(d["catalog_dir"]), "--image-root", str(d["image_root"]),
+              "--cache", f"kaleido-saliency={d['cache']}", "--split-file", str(d["split"]), "--split", "test",
+              "evaluate=[kb101.queries=2,kb101.negatives=2,kb101.draws=1,full_catalog=0]",
+              "pretrain=[train.max_steps=4]", "finetune=[train.max_steps=3]"]
+    assert main(["ablate", "--config", "tiny", *common, "--out", str(tmp_path / "both")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    subprocess.run([sys.executable, "-m", "kaleido.cli", "ablate", "--config", "tiny", *common,
+                    "--out", str(tmp_path / "alone"), 'only=["tasks: B+V"]'], check=True, env=env,
+                   capture_output=True)
+    for part in ("pretrain/final/model.safetensors", "retrieval/final/model.safetensors"):
+        a = load_file(str(tmp_path / "both" / "tasks-b-v" / part))
+        b = load_file(str(tmp_path / "alone" / "tasks-b-v" / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
