@@ -15,15 +15,16 @@ STAGES ?= runs/stages
 K      := $(VENV)/bin/kaleido
 DEMO_IMAGES := data/sample/images/10047.jpg data/sample/images/10117.jpg data/sample/images/17137.jpg
 
-.PHONY: demo stages test install clean
+.PHONY: demo stages test install lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch and torchvision first, at the versions this machine holds on disk (no big download).
-	$(PIP) "torch==2.14.1" "torchvision==0.29.1"
-	$(PIP) -e ".[test]"
+	# torch and torchvision first, at the versions this machine holds on disk (no big download);
+	# every package at the exact version of constraints.txt (the versions the measurements used).
+	$(PIP) -c constraints.txt "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) -c constraints.txt -e ".[test]"
 	# pysodmetrics is only the reference the metric tests compare against; its pins
 	# (opencv-python-headless<5, numpy<2.3.5) clash with ours, so its own deps are listed in [test].
 	$(PIP) --no-deps "pysodmetrics==1.6.2"
@@ -51,6 +52,11 @@ stages: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Pin what .venv holds now (after a dependency change in pyproject.toml and a `make install`).
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) runs
