@@ -14,9 +14,10 @@ that this script scores like ``kaleido baseline linear-probe``).
     python scripts/partial_finetune.py --catalog ../shared/data/fashion-products \
         --split-file runs/systems/base/split --out runs/partial/stage6 --from-stage 6 [--epochs 15]
 
-Writes OUT/activations/ (the cache), OUT/titles.npy, OUT/checkpoint.pt (each epoch; a killed
-run resumes from it), OUT/log.csv (loss, val SumR per epoch) and OUT/eval-test.json (the
-full KB-101 protocol and full-catalog ranks on the test split, same as ``kaleido eval``).
+Writes OUT/activations/ and OUT/titles.npz (the cache; ``--cache DIR`` puts them there, to
+share between runs), OUT/checkpoint.pt (each epoch; a killed run resumes from it), OUT/log.csv
+(loss, val SumR per epoch) and OUT/eval-test.json (the full KB-101 protocol and full-catalog
+ranks on the val and test splits, as ``kaleido eval`` scores them).
 BatchNorm statistics stay frozen (batch statistics of 256 fashion photos would replace
 ImageNet's); its affine weights train with the tail.
 """
@@ -153,6 +154,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--catalog", required=True)
     ap.add_argument("--split-file", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--cache", help="folder of the trunk activations and title vectors (default: OUT; share it between runs)")
     ap.add_argument("--from-stage", type=int, default=6, help="first trainable stage of blocks (7: head conv only)")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch", type=int, default=256)
@@ -172,7 +174,8 @@ def main(argv=None) -> dict:
     backbone = create_backbone(BackboneConfig(name=GlobalFeatureConfig().backbone))
     trunk, tail = split_backbone(backbone, args.from_stage)
     data = {}
-    titles_file = out / "titles.npz"
+    cache = Path(args.cache or out)
+    titles_file = cache / "titles.npz"
     if titles_file.is_file():
         stored = np.load(titles_file, allow_pickle=False)
         title_vec = dict(zip(stored["ids"], stored["text"]))
@@ -180,7 +183,7 @@ def main(argv=None) -> dict:
         title_vec = None
     for split in ("train", "val", "test"):
         products = split_products(catalog, args.split_file, split)
-        ids, acts = cache_activations(catalog, products, trunk, backbone, out / "activations" / f"stage{args.from_stage}-{split}",
+        ids, acts = cache_activations(catalog, products, trunk, backbone, cache / "activations" / f"stage{args.from_stage}-{split}",
                                       views=2 if split == "train" else 1)
         by_id = {p.id: p for p in products}
         kept = [by_id[i] for i in ids]
