@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kaleido.baselines.features import GlobalFeatureConfig, TitleEncoder, _image_tensor
-from kaleido.baselines.linear_probe import ProbeEvalConfig, retrieval_from_scores
+from kaleido.baselines.linear_probe import LinearDualEncoder, ProbeEvalConfig, retrieval_from_scores
 from kaleido.contrastive import info_nce
 from kaleido.data import load_catalog
 from kaleido.data.catalog import LoadReport
@@ -105,17 +105,12 @@ def cache_activations(catalog, products, trunk, backbone, folder: Path, views: i
     return ids, np.concatenate(acts)
 
 
-class PartialDual(nn.Module):
-    """The reference's two linear maps, the image one on top of a trainable backbone tail."""
+class PartialDual(LinearDualEncoder):
+    """The linear reference (``LinearDualEncoder``), its image map on top of a trainable backbone tail."""
 
-    def __init__(self, tail: nn.Module, image_dim: int, text_dim: int, dim: int = 256, dropout: float = 0.2):
-        super().__init__()
+    def __init__(self, tail: nn.Module, image_dim: int, text_dim: int):
+        super().__init__(image_dim, text_dim)
         self.tail = tail
-        self.image_proj, self.text_proj = nn.Linear(image_dim, dim), nn.Linear(text_dim, dim)
-        self.dropout = nn.Dropout(dropout)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        for side, d in (("image", image_dim), ("text", text_dim)):
-            self.register_buffer(f"{side}_mean", torch.zeros(d)); self.register_buffer(f"{side}_std", torch.ones(d))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -128,12 +123,8 @@ class PartialDual(nn.Module):
         return self.tail(acts.float().contiguous(memory_format=torch.channels_last))
 
     def embed_image(self, acts: torch.Tensor) -> torch.Tensor:
-        x = (self.pooled(acts) - self.image_mean) / self.image_std
-        return nn.functional.normalize(self.image_proj(self.dropout(x)), dim=-1)
-
-    def embed_text(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.text_mean) / self.text_std
-        return nn.functional.normalize(self.text_proj(self.dropout(x)), dim=-1)
+        """(N, C, H, W) trunk activations -> (N, dim) unit vectors."""
+        return super().embed_image(self.pooled(acts))
 
 
 @torch.no_grad()
