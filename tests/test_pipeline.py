@@ -37,8 +37,9 @@ def test_stages_are_the_commands_in_order(tmp_path):
                       component="pipeline")
     stages = build_stages(cfg, ["--catalog", "C", "--columns", "auto"], tmp_path)
     # the dual encoder before fine-tuning: it is the first stage retrieval mines hard negatives from
-    assert [s.name for s in stages] == ["split", "baseline", "patches", "dual", "sat", "tagger", "align", "pretrain",
-                                        "finetune-retrieval", "finetune-category", "eval", "eval-dual", "release"]
+    assert [s.name for s in stages] == ["split", "baseline", "backbone", "patches", "dual", "sat", "tagger", "align",
+                                        "pretrain", "finetune-retrieval", "finetune-category", "eval", "eval-dual",
+                                        "release"]
     by_name = {s.name: s for s in stages}
     # the release preset attaches the reference's whole-image features: val and test are embedded too
     assert [c[c.index("--split") + 1] for c in by_name["baseline"].commands] == ["val", "test"]
@@ -46,14 +47,19 @@ def test_stages_are_the_commands_in_order(tmp_path):
     assert extract[extract.index("--out") + 1] == str(tmp_path / "cache-patches")
     assert union[:3] == ["patches", "union", str(tmp_path / "cache-patches")]
     assert union[-2:] == ["--out", str(tmp_path / "cache")]
-    assert str(tmp_path / "baseline" / "features" / "val") in union
+    # the tuned backbone's whole-image features, not the reference's, and the release ships it
+    assert by_name["backbone"].commands[0][:2] == ["baseline", "tune-backbone"]
+    assert str(tmp_path / "backbone" / "features" / "val") in union
+    assert not any("baseline" in a for a in union)
     assert by_name["tagger"].commands[0][-3:] == ["--out", str(tmp_path / "tagger"), "threads=2"]
     build, evaluate, tagger_eval, card = by_name["release"].commands
     assert build[build.index("--matcher") + 1] == str(tmp_path / "finetune" / "retrieval" / "final")
     assert build[build.index("--patches") + 1] == str(tmp_path / "cache-patches" / "meta.json")
     assert evaluate[:3] == ["eval", "--model", str(tmp_path / "release")] and f"prior={tmp_path / 'baseline'}" in evaluate
     assert tagger_eval[:4] == ["tagger", "eval", "--model", str(tmp_path / "release")]
-    assert card[:2] == ["release", "card"] and card[card.index("--name") + 1] == "kaleido-fashion-v2"
+    assert build[build.index("--backbone") + 1] == str(tmp_path / "backbone" / "backbone" / "model.safetensors")
+    assert card[:2] == ["release", "card"] and card[card.index("--name") + 1] == "kaleido-fashion-v3"
+    assert "--reused" not in card
     assert by_name["split"].commands[0][:3] == ["data", "split", "C"]
     ft = by_name["finetune-category"].commands[0]
     assert ft[:4] == ["finetune", "category", "--from", str(tmp_path / "pretrain" / "final")]
@@ -65,6 +71,31 @@ def test_stages_are_the_commands_in_order(tmp_path):
     assert f"prior={tmp_path / 'baseline'}" in ev[0]  # the linear reference row on the same draws
     assert by_name["baseline"].commands[0][:2] == ["baseline", "linear-probe"]
     assert by_name["eval-dual"].commands[0][:2] == ["dual", "eval"]
+
+
+def test_without_the_backbone_stage_the_union_reads_the_reference_features(tmp_path):
+    cfg = load_config(PipelineConfig, "default", ["backbone.enabled=false"], component="pipeline")
+    by_name = {s.name: s for s in build_stages(cfg, ["--catalog", "C"], tmp_path)}
+    union = by_name["patches"].commands[1]
+    assert str(tmp_path / "baseline" / "features" / "val") in union
+    assert "--backbone" not in by_name["release"].commands[0]
+
+
+def test_a_release_may_reuse_an_earlier_releases_tagger_and_matcher(tmp_path):
+    earlier = tmp_path / "earlier"
+    for part in ("dual", "tagger", "matcher"):
+        (earlier / part).mkdir(parents=True)
+    off = [f"{s}.enabled=false" for s in ("sat", "tagger", "align", "pretrain", "finetune")]
+    with pytest.raises(ConfigError, match="no matcher"):   # without reuse, nothing trains its matcher or tagger
+        build_stages(load_config(PipelineConfig, "default", off, component="pipeline"), ["--catalog", "C"], tmp_path)
+    cfg = load_config(PipelineConfig, "default", [*off, f"release.reuse={earlier}"], component="pipeline")
+    stages = build_stages(cfg, ["--catalog", "C"], tmp_path / "run")
+    assert [s.name for s in stages] == ["split", "baseline", "backbone", "patches", "dual", "index", "release"]
+    build, evaluate, _, card = stages[-1].commands
+    assert build[build.index("--tagger") + 1] == str(earlier / "tagger")
+    assert build[build.index("--matcher") + 1] == str(earlier / "matcher")
+    assert card[card.index("--reused") + 1:] == [f"tagger={earlier / 'tagger'}", f"matcher={earlier / 'matcher'}"]
+    assert evaluate[:2] == ["eval", "--model"]   # the reused matcher is measured with the new dual encoder
 
 
 def test_a_run_started_before_a_stage_existed_resumes_with_it(tmp_path):
@@ -129,7 +160,7 @@ def test_the_one_encoder_model_is_evaluated_beside_the_separate_ones(tmp_path):
       "finetune.overrides=[retrieval.mining=first_stage]"], "finetune needs the dual stage"),
     (["sat.enabled=false", "align.enabled=false"], "tagger needs the sat stage"),
     (["tagger.enabled=false"], "release needs the tagger stage"),
-    (["baseline.enabled=false"], "patches needs the baseline stage"),
+    (["baseline.enabled=false", "backbone.enabled=false"], "patches needs the baseline stage"),
     (["release.config=x"], "has no --config"),
     (["patches.whole_image=false"], "whole-image dual encoder"),
     (["finetune.tasks=[category]"], "the release would have no matcher"),

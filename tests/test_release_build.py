@@ -53,6 +53,22 @@ def test_build_writes_float16_weights_and_the_patch_settings(parts, tmp_path, ca
     assert not (out / "README.md").exists() and (out / "tagger" / "model.safetensors").is_file()
 
 
+def test_build_ships_the_tuned_backbone_in_float16(parts, tmp_path):
+    dual, tagger, matcher, meta = parts
+    weights = tmp_path / "runs" / "backbone.safetensors"
+    save_file({"conv_head.weight": torch.randn(8, 4, 1, 1)}, str(weights), metadata={"timm_arch": "tf_efficientnet_lite0"})
+    out = tmp_path / "release"
+    assert main(["release", "build", "--out", str(out), "--dual", str(dual), "--tagger", str(tagger),
+                 "--patches", str(meta), "--backbone", str(weights)]) == 0
+    with safe_open(str(out / assemble.BACKBONE_WEIGHTS), "pt") as f:
+        assert f.get_tensor("conv_head.weight").dtype == torch.float16
+        assert f.metadata()["timm_arch"] == "tf_efficientnet_lite0"   # what loading it needs
+    assemble.assemble_release(out, dual, tagger, meta)   # rebuilt without: no stale backbone serves the features
+    assert not (out / "backbone").exists()
+    with pytest.raises(FileNotFoundError, match="release part backbone"):
+        assemble.assemble_release(out, dual, tagger, meta, backbone=tmp_path / "nope.safetensors")
+
+
 def test_build_refuses_a_missing_part_or_an_oversized_release(parts, tmp_path, monkeypatch, capsys):
     dual, tagger, matcher, meta = parts
     assert main(["release", "build", "--out", str(tmp_path / "r"), "--dual", str(tmp_path / "nope"),
@@ -94,6 +110,10 @@ def test_the_card_is_read_from_the_run(parts, tmp_path):
     assert "`kaleido tagger eval --model x`" in card and "| category | image | - | 97.8 / 90.0 |" in card
     assert "| `dual` |" in card and "| `matcher` |" in card
     assert "Machine: " in card and "cores" in card
+    assert "every part below was trained" in card and "earlier release" not in card
+    reused = write_model_card(run, release, "kaleido-test", reused=[f"tagger={tagger}"]).read_text()
+    assert "every part below but `tagger` was trained by that command" in reused
+    assert f"- `tagger/`: `{tagger}`" in reused
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -5,14 +5,19 @@ These are what a user builds in an afternoon (no saliency, no patches, no fine-t
 they feed the linear reference that every results table carries (DESIGN.md). The image
 side is cached in chunks (``CACHE/chunk-XXXXX.npz``) so a killed extraction resumes where
 it stopped; unreadable images are reported with their product id and left out.
+``GlobalFeatureConfig.weights`` may name a fine-tuned backbone (``kaleido baseline
+tune-backbone``, :mod:`kaleido.baselines.tune`): the same features, from tuned weights. The
+settings a cache was made with are in ``CACHE/features.json``, so a query image is embedded
+as the catalog was (:func:`whole_image_extractor`, :func:`feature_config_of`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +33,7 @@ class GlobalFeatureConfig:
     """How the frozen whole-image and title features are made."""
 
     backbone: str = "efficientnet_lite0"   # timm name (offline ImageNet weights for efficientnet_lite0)
+    weights: str = "default"               # "default" (ImageNet) or a tuned backbone (BackboneConfig.weights)
     image_size: int = 224                  # the whole image is resized to this square
     batch_size: int = 32                   # images per backbone pass
     chunk: int = 512                       # products per cache chunk (the unit of resume)
@@ -40,6 +46,100 @@ def _image_tensor(image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
+FEATURES_NAME = "features.json"
+
+
+def feature_config_of(cache: str | Path) -> GlobalFeatureConfig:
+    """The settings a feature cache was made with (its ``features.json``; the defaults for a
+    cache older than that file, which were the only settings then)."""
+    file = Path(cache) / FEATURES_NAME
+    if not file.is_file():
+        return GlobalFeatureConfig()
+    return GlobalFeatureConfig(**json.loads(file.read_text()))
+
+
+def load_feature_backbone(cfg: GlobalFeatureConfig):
+    from kaleido.patches.backbone import BackboneConfig, create_backbone
+
+    return create_backbone(BackboneConfig(name=cfg.backbone, weights=cfg.weights))
+
+
+def chunked_features(catalog: Catalog, products: Sequence[Product], cache: str | Path,
+                     compute: Callable[[torch.Tensor], np.ndarray], settings: dict, image_size: int = 224,
+                     batch_size: int = 32, chunk: int = 512, desc: str = "image features",
+                     ) -> tuple[list[str], np.ndarray]:
+    """One array per product image, computed in batches and cached in resumable chunks.
+
+    Args:
+        catalog: where the images come from.
+        products: the products (in this order); each one's first image is read.
+        cache: folder of ``chunk-XXXXX.npz`` files (created; a chunk made for the same
+            products and ``settings`` is reused, any other is recomputed).
+        compute: (B, 3, S, S) images in [0, 1] -> (B, ...) float array.
+        settings: what ``compute`` depends on (JSON-able; stored in each chunk and compared).
+        image_size: the square side ``S`` images are resized to.
+        batch_size, chunk: images per ``compute`` call; products per chunk (the unit of resume).
+        desc: progress bar label.
+
+    Returns:
+        ``(ids, arrays)``: the ids of the products whose image could be read, in the order of
+        ``products``, and their arrays stacked. Unreadable images are logged with their
+        product id, counted in the load report and left out of ``ids``.
+    """
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    stamp = json.dumps({**settings, "size": int(image_size)}, sort_keys=True)
+    report = LoadReport(source=str(cache))
+    ids: list[str] = []
+    arrays: list[np.ndarray] = []
+    with tqdm(total=len(products), desc=desc, unit="img") as bar:
+        for k, start in enumerate(range(0, len(products), chunk)):
+            part, file = products[start:start + chunk], cache / f"chunk-{k:05d}.npz"
+            wanted = [p.id for p in part]
+            if file.is_file():
+                stored = np.load(file, allow_pickle=False)
+                if list(stored["requested"]) == wanted and _stamp(stored) == stamp:
+                    ids += list(stored["ids"])
+                    arrays.append(stored["features"])
+                    bar.update(len(part))
+                    continue
+                log.warning("%s was made for other products or settings; recomputing it", file)
+            got_ids, got, pending = [], [], []
+
+            def flush() -> None:
+                got.append(np.asarray(compute(torch.stack(pending))))
+                pending.clear()
+
+            for product, _, image in catalog.iter_images(part, report=report):
+                pending.append(_image_tensor(image, image_size))
+                got_ids.append(product.id)
+                if len(pending) == batch_size:
+                    flush()
+                bar.update(1)
+            if pending:
+                flush()
+            bar.update(len(part) - len(got_ids))  # the unreadable ones
+            array = np.concatenate(got) if got else np.zeros((0,), np.float32)  # a chunk of unreadable images
+            tmp = file.with_suffix(".tmp.npz")
+            np.savez(tmp, ids=np.array(got_ids, dtype=str), requested=np.array(wanted, dtype=str),
+                     features=array, size=np.int64(image_size), settings=np.array(stamp))
+            tmp.replace(file)  # a chunk is written whole or not at all
+            ids += got_ids
+            arrays.append(array)
+    if report.skipped:
+        log.warning(report.summary())
+    arrays = [a for a in arrays if len(a)]
+    return ids, (np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32))
+
+
+def _stamp(stored) -> str:
+    if "settings" in stored:
+        return str(stored["settings"])
+    # chunks written before settings were stored: the ImageNet backbone at their size
+    return json.dumps({"backbone": GlobalFeatureConfig.backbone, "weights": "default",
+                       "size": int(stored["size"])}, sort_keys=True)
+
+
 def image_features(catalog: Catalog, products: Sequence[Product], cache: str | Path,
                    cfg: GlobalFeatureConfig = GlobalFeatureConfig()) -> tuple[list[str], np.ndarray]:
     """Pooled backbone features of each product's first image, cached and resumable.
@@ -47,73 +147,52 @@ def image_features(catalog: Catalog, products: Sequence[Product], cache: str | P
     Args:
         catalog: where the images come from.
         products: the products to embed (in this order).
-        cache: folder of the chunk files (created; chunks already there are reused).
-        cfg: backbone, input size and batching.
+        cache: folder of the chunk files (created; chunks already there are reused) and of
+            ``features.json`` (``cfg``, read back by :func:`feature_config_of`).
+        cfg: backbone, its weights, input size and batching.
 
     Returns:
         ``(ids, features)``: the ids of the products whose image could be read, in the order
         of ``products``, and their (N, C) float32 features. Unreadable images are logged with
         their product id, counted in the load report and left out of ``ids``.
     """
-    from kaleido.patches.backbone import BackboneConfig, create_backbone
+    loaded = []
 
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    chunks = [products[i:i + cfg.chunk] for i in range(0, len(products), cfg.chunk)]
-    backbone = None
-    report = LoadReport(source=str(cache))
-    ids: list[str] = []
-    feats: list[np.ndarray] = []
-    with tqdm(total=len(products), desc="image features", unit="img") as bar:
-        for k, chunk in enumerate(chunks):
-            file = cache / f"chunk-{k:05d}.npz"
-            wanted = [p.id for p in chunk]
-            if file.is_file():
-                stored = np.load(file, allow_pickle=False)
-                if list(stored["requested"]) == wanted and int(stored["size"]) == cfg.image_size:
-                    ids += list(stored["ids"])
-                    feats.append(stored["features"])
-                    bar.update(len(chunk))
-                    continue
-                log.warning("%s was made for other products or settings; recomputing it", file)
-            if backbone is None:
-                backbone = create_backbone(BackboneConfig(name=cfg.backbone))
-            got_ids, got = [], []
-            pending: list[torch.Tensor] = []
+    def pooled(images: torch.Tensor) -> np.ndarray:
+        if not loaded:
+            loaded.append(load_feature_backbone(cfg))
+        with torch.inference_mode():
+            return loaded[0].forward_pooled(loaded[0].normalize(images)).float().numpy()
 
-            def flush() -> None:
-                with torch.inference_mode():
-                    x = backbone.normalize(torch.stack(pending))
-                    got.append(backbone.forward_pooled(x).float().numpy())
-                pending.clear()
-
-            for product, _, image in catalog.iter_images(chunk, report=report):
-                pending.append(_image_tensor(image, cfg.image_size))
-                got_ids.append(product.id)
-                if len(pending) == cfg.batch_size:
-                    flush()
-                bar.update(1)
-            if pending:
-                flush()
-            bar.update(len(chunk) - len(got_ids))  # the unreadable ones
-            array = np.concatenate(got) if got else np.zeros((0, backbone.feature_dim), np.float32)
-            tmp = file.with_suffix(".tmp.npz")
-            np.savez(tmp, ids=np.array(got_ids, dtype=str), requested=np.array(wanted, dtype=str),
-                     features=array, size=np.int64(cfg.image_size))
-            tmp.replace(file)  # a chunk is written whole or not at all
-            ids += got_ids
-            feats.append(array)
-    if report.skipped:
-        log.warning(report.summary())
-    return ids, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32))
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    (Path(cache) / FEATURES_NAME).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    ids, feats = chunked_features(catalog, products, cache, pooled,
+                                  {"backbone": cfg.backbone, "weights": _weights_id(cfg.weights)},
+                                  cfg.image_size, cfg.batch_size, cfg.chunk)
+    return ids, feats.reshape(len(ids), -1) if len(ids) else np.zeros((0, 0), np.float32)
 
 
-def whole_image_extractor(cfg: GlobalFeatureConfig = GlobalFeatureConfig()):
+def _weights_id(weights: str) -> str:
+    """``weights`` as chunks record it: a file by its content (a moved copy is the same
+    backbone, a re-tuned one at the same path is not)."""
+    path = Path(weights)
+    if weights in ("default", "timm-cache", "random") or not path.is_file():
+        return weights
+    import hashlib
+
+    return "sha1:" + hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def whole_image_extractor(cfg: GlobalFeatureConfig | str | Path = GlobalFeatureConfig()):
     """An image -> (C,) float32 callable giving the feature :func:`image_features` stores
-    (for query images of a model that reads whole-image features)."""
-    from kaleido.patches.backbone import BackboneConfig, create_backbone
+    (for query images of a model that reads whole-image features).
 
-    backbone = create_backbone(BackboneConfig(name=cfg.backbone))
+    Args:
+        cfg: the settings, or a feature cache folder whose ``features.json`` gives them.
+    """
+    if not isinstance(cfg, GlobalFeatureConfig):
+        cfg = feature_config_of(cfg)
+    backbone = load_feature_backbone(cfg)
 
     def extract(image) -> np.ndarray:
         with torch.inference_mode():

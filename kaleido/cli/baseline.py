@@ -23,6 +23,16 @@ def register(sub) -> None:
     lp.add_argument("--name", default="linear reference", help="system name in the tables")
     lp.add_argument("overrides", nargs="*", help="e.g. probe.epochs=60 eval.kb101.draws=5 features.image_size=224")
     lp.set_defaults(func=cmd_linear_probe)
+    tb = inner.add_parser("tune-backbone", help="the linear reference with the backbone's last stages trained: "
+                                                "saves the tuned backbone and every split's whole-image features")
+    add_catalog_args(tb)
+    tb.add_argument("--split-file", type=Path, required=True, help="split.csv or its folder")
+    tb.add_argument("--out", type=Path, required=True,
+                    help="run folder: backbone/, model/, features/<split>/, log.csv, result.json (resumable)")
+    tb.add_argument("--cache", type=Path, help="trunk activations and title vectors (default: OUT)")
+    tb.add_argument("--quiet", action="store_true", help="no progress bars")
+    tb.add_argument("overrides", nargs="*", help="e.g. tune.from_stage=5 tune.tail_lr=3e-4 tune.epochs=15")
+    tb.set_defaults(func=cmd_tune_backbone)
 
 
 def _split_features(catalog, products, cfg, cache: Path, title_cache: Path) -> dict:
@@ -79,4 +89,28 @@ def cmd_linear_probe(args) -> int:
     payload = {"name": name, "split": args.split, **result}
     (args.out / "result.json").write_text(json.dumps(to_jsonable(payload), indent=2))
     print(f"wrote {args.out / 'result.json'}")
+    return 0
+
+
+def cmd_tune_backbone(args) -> int:
+    from ..baselines.tune import TuneRunConfig, run_tune
+    from ..evaluation.tables import format_full_catalog, format_table2
+
+    cfg = load_config(TuneRunConfig, None, list(args.overrides))
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, args.out)
+    catalog = load_run_catalog(args, args.out)
+    result = run_tune(catalog, args.split_file, args.out, cfg, cache=args.cache, progress=not args.quiet)
+    t = result["train"]
+    print(f"tuned blocks[{cfg.tune.from_stage}:] + head conv in {t['seconds'] / 60:.1f} min "
+          f"({t['steps']} steps, {t['products']} training products)")
+    name = f"tuned backbone (from stage {cfg.tune.from_stage})"
+    for split in ("val", "test"):
+        r = result[split]
+        print(f"\n{split}: Table 2 (KB-101 retrieval; {r['sampling']})\n" + format_table2({name: r}, with_std=True))
+        if "full_catalog" in r:
+            print(f"\n{split}: full-catalog retrieval ({r['full_catalog']['products']} products)\n"
+                  + format_full_catalog({name: r["full_catalog"]}))
+    print(f"\nsaved the tuned backbone to {result['backbone']} and the whole-image features to "
+          f"{args.out / 'features'} (kaleido patches union CACHE --whole-image {args.out / 'features'}/...)")
     return 0

@@ -9,8 +9,9 @@ inspector) through the library's public API.
 
 A released model folder (``models/<name>/``) holds ``dual/`` (the dual encoder), ``tagger/``
 (the attribute tagger with its captioner), optionally ``matcher/`` (a Kaleido-BERT
-retrieval fine-tune: re-ranking, inspector match scores) and ``patches.json`` (the patch
-settings its features must be made with).
+retrieval fine-tune: re-ranking, inspector match scores), ``patches.json`` (the patch
+settings its features must be made with) and optionally ``backbone/model.safetensors`` (the
+tuned backbone of the whole-image features; without it, the ImageNet one).
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ def patch_config_of(model: Path):
     return dataclasses.replace(cfg, extras=False)
 
 
+def whole_image_config_of(model: Path):
+    """The whole-image feature settings of a release: its tuned backbone when it ships one."""
+    from kaleido.baselines.features import GlobalFeatureConfig
+    from kaleido.release.assemble import BACKBONE_WEIGHTS
+
+    tuned = Path(model) / BACKBONE_WEIGHTS
+    return GlobalFeatureConfig(weights=str(tuned.resolve())) if tuned.is_file() else GlobalFeatureConfig()
+
+
 def query_extractor(model: Path) -> Callable:
     """image -> PatchFeatures (with the whole-image feature) as the release's index was built,
     for photo queries; the models load on first use."""
@@ -67,7 +77,7 @@ def query_extractor(model: Path) -> Callable:
             from kaleido.patches.extract import PatchExtractor
 
             loaded["patches"] = PatchExtractor.from_config(patch_config_of(model))
-            loaded["whole"] = whole_image_extractor()
+            loaded["whole"] = whole_image_extractor(whole_image_config_of(model))
         return dataclasses.replace(loaded["patches"].extract([image])[0], whole_image=loaded["whole"](image))
 
     return extract
@@ -114,7 +124,7 @@ def prepare_demo(catalog_path: str | Path, model: str | Path, out: str | Path,
     progress("2/4 saliency and kaleido patches")
     build_cache(catalog, PatchExtractor.from_config(patch_config_of(model)), out / "patches")
     progress("3/4 whole-image features")
-    image_features(catalog, list(catalog), out / "whole-image")
+    image_features(catalog, list(catalog), out / "whole-image", whole_image_config_of(model))
     if not (out / "cache" / "meta.json").is_file():
         write_union(out / "cache", [out / "patches"], whole_image=[out / "whole-image"])
     progress("4/4 the search index")

@@ -264,11 +264,11 @@ def create_backbone(cfg: BackboneConfig | str | None = None) -> Backbone:
             raise BackboneWeightsError(
                 f"backbone {name}: weights file {path} does not exist (weights must be 'default', "
                 f"'timm-cache', 'random' or a file path). " + _how_to_supply(name))
-        arch = name
+        arch = _saved_arch(path) or name
         if name in _OFFLINE_ARCH and _is_lite0_file(path):
             arch = _OFFLINE_ARCH[name]  # the package file given by path: same fix as "default"
         source = str(path)
-        pretrained_cfg = None
+        pretrained_cfg = timm.models.get_pretrained_cfg(arch).to_dict() if arch != name else None
 
     state_dict = _read_state_dict(path, name)
     model = timm.create_model(arch, pretrained=False)
@@ -305,6 +305,37 @@ def _lite0_file() -> Path:
         raise BackboneWeightsError(f"backbone efficientnet_lite0: {path} is corrupt "
                                    f"(sha256 {digest[:8]}...); reinstall {_LITE0_PACKAGE}")
     return path
+
+
+ARCH_METADATA = "timm_arch"
+
+
+def save_backbone_weights(backbone: "Backbone", path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a backbone's weights as one safetensors file that ``BackboneConfig(name,
+    weights=path)`` loads again: its timm architecture (e.g. ``tf_efficientnet_lite0`` behind
+    the name ``efficientnet_lite0``) is in the file's metadata. Float tensors are stored as
+    ``dtype`` (float16: half the size; the released weights' format)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous()
+             for k, v in backbone.model.state_dict().items()}
+    save_file(state, str(path), metadata={ARCH_METADATA: backbone.arch, "name": backbone.name})
+    return path
+
+
+def _saved_arch(path: Path) -> str | None:
+    """The timm architecture recorded by :func:`save_backbone_weights`, if any."""
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(ARCH_METADATA)
+    except Exception:  # noqa: BLE001 - unreadable: _read_state_dict reports it
+        return None
 
 
 def _is_lite0_file(path: Path) -> bool:

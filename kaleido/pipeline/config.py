@@ -33,11 +33,12 @@ class StageSettings:
 
 @dataclass
 class PatchSettings(StageSettings):
-    """Patch extraction; ``whole_image`` also attaches the linear reference's whole-image
-    features to every product (``kaleido patches union``), which the ``whole`` dual encoder
-    reads (and so the first stage that fine-tuning mines negatives from): the cache is
-    extracted into ``RUN/cache-patches`` and ``RUN/cache`` is the union of it with
-    ``RUN/baseline/features/{train,val,test}``."""
+    """Patch extraction; ``whole_image`` also attaches a whole-image feature to every product
+    (``kaleido patches union``), which the ``whole`` dual encoder reads (and so the first stage
+    that fine-tuning mines negatives from): the cache is extracted into ``RUN/cache-patches``
+    and ``RUN/cache`` is the union of it with ``RUN/backbone/features/{train,val,test}`` (the
+    tuned backbone's) or, with the backbone stage off, ``RUN/baseline/features/...`` (the
+    linear reference's frozen ones)."""
 
     whole_image: bool = False
 
@@ -51,6 +52,9 @@ class ReleaseSettings(StageSettings):
     written from the run. ``name``: what it is called once copied to ``models/<name>``."""
 
     name: str = "kaleido-fashion"
+    # a released model (a name under models/ or a path) whose tagger/ and matcher/ this release
+    # takes as they are where the run trains none (tagger / finetune off); its card says so
+    reuse: str = ""
 
 
 @dataclass
@@ -71,7 +75,9 @@ class PipelineConfig:
     """Every stage of ``kaleido pipeline``, in the order they run.
 
     ``split`` (``kaleido data split``), ``baseline`` (the frozen-feature linear reference,
-    ``kaleido baseline linear-probe``: a row of every results table), ``patches`` (saliency +
+    ``kaleido baseline linear-probe``: a row of every results table), ``backbone`` (the image
+    backbone's last stages tuned with the reference's recipe, ``kaleido baseline
+    tune-backbone``: the whole-image features served), ``patches`` (saliency +
     kaleido patches: ``kaleido patches extract``), ``dual`` (the search dual encoder),
     ``index`` (its FAISS index of the catalog), ``sat`` (the captioner), ``tagger`` (the
     attribute tagger of ``kaleido tag``, reading the captioner), ``align`` (token-patch
@@ -84,6 +90,7 @@ class PipelineConfig:
 
     split: StageSettings = field(default_factory=StageSettings)
     baseline: StageSettings = field(default_factory=StageSettings)
+    backbone: StageSettings = field(default_factory=StageSettings)
     patches: PatchSettings = field(default_factory=PatchSettings)
     dual: StageSettings = field(default_factory=StageSettings)
     index: StageSettings = field(default_factory=StageSettings)
@@ -96,9 +103,9 @@ class PipelineConfig:
     release: ReleaseSettings = field(default_factory=ReleaseSettings)
 
 
-SECTIONS = ("split", "baseline", "patches", "dual", "index", "sat", "tagger", "align", "pretrain", "finetune", "eval",
+SECTIONS = ("split", "baseline", "backbone", "patches", "dual", "index", "sat", "tagger", "align", "pretrain", "finetune", "eval",
             "release")
-OWN_KEYS = ("enabled", "config", "overrides", "tasks", "whole_image", "name")
+OWN_KEYS = ("enabled", "config", "overrides", "tasks", "whole_image", "name", "reuse")
 
 
 def route_overrides(items: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:

@@ -96,6 +96,14 @@ def _index_headline(index: Path) -> dict:
     return {"products": info.get("count"), "kind": info.get("kind")}
 
 
+def _backbone_headline(backbone: Path) -> dict:
+    result = _json(backbone / "result.json")
+    out = {f"{split} SumR": round(result[split]["SumR"], 1) for split in ("val", "test") if split in result}
+    if "train" in result:
+        out["train min"] = round(result["train"]["seconds"] / 60, 1)
+    return out
+
+
 def _baseline_headline(baseline: Path) -> dict:
     result = _json(baseline / "result.json")
     figures = {"SumR": round(result["retrieval"]["SumR"], 1)} if "retrieval" in result else {}
@@ -169,7 +177,7 @@ def check_stages(cfg: PipelineConfig) -> None:
     """Refuse, before anything runs, a combination whose later stage needs a disabled one."""
     needs = {"align": ["sat"], "finetune": ["pretrain"], "index": ["dual"], "eval": ["finetune"],
              "tagger": ["sat"], "release": ["patches", "dual", "tagger"]}
-    if cfg.patches.whole_image:
+    if cfg.patches.whole_image and not cfg.backbone.enabled:
         needs["patches"] = ["baseline"]   # the whole-image features are the linear reference's
     if any(o.replace(" ", "") == "retrieval.mining=first_stage" for o in cfg.finetune.overrides):
         needs["finetune"].append("dual")
@@ -181,8 +189,11 @@ def check_stages(cfg: PipelineConfig) -> None:
         raise ConfigError("pipeline: the whole-image dual encoder (dual.config=whole) reads the whole-image "
                           "features that patches.whole_image=true attaches to the cache; set it, or choose "
                           "dual.config=pooled")
+    if cfg.release.reuse:   # the reused release's tagger stands in for the tagger stage
+        needs["release"] = ["patches", "dual"]
     tasks = cfg.finetune.tasks if cfg.finetune.enabled else []
-    if cfg.release.enabled and cfg.release.overrides and not {"retrieval", "multitask"} & set(tasks):
+    if (cfg.release.enabled and cfg.release.overrides and not {"retrieval", "multitask"} & set(tasks)
+            and not cfg.release.reuse):
         raise ConfigError("pipeline: release.overrides are the settings of `kaleido eval --model`, which "
                           "measures the release's Kaleido-BERT matcher, but finetune.tasks has neither "
                           "retrieval nor multitask (or finetune is off): the release would have no matcher. "
@@ -223,12 +234,18 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
                                           "--split", name, "--out", str(baseline), *cfg.baseline.overrides]
                                          for name in scored],
                             {"reference": str(baseline)}, lambda: _baseline_headline(baseline)))
+    backbone = run / "backbone"
+    add(cfg.backbone, Stage("backbone", [["baseline", "tune-backbone", *catalog_args, "--split-file", split,
+                                          "--out", str(backbone), "--quiet", *cfg.backbone.overrides]],
+                            {"backbone": str(backbone / "backbone" / "model.safetensors")},
+                            lambda: _backbone_headline(backbone)))
     extracted = run / "cache-patches" if cfg.patches.whole_image else run / "cache"
     patch_commands = [["patches", "extract", *catalog_args, "--out", str(extracted), *_preset(cfg.patches),
                        *cfg.patches.overrides]]
-    if cfg.patches.whole_image:
+    if cfg.patches.whole_image:   # the tuned backbone's whole-image features, else the reference's
+        source = backbone if cfg.backbone.enabled else baseline
         patch_commands.append(["patches", "union", str(extracted), "--whole-image",
-                               *[str(baseline / "features" / name) for name in ("train", "val", "test")],
+                               *[str(source / "features" / name) for name in ("train", "val", "test")],
                                "--out", cache])
     add(cfg.patches, Stage("patches", patch_commands, {"cache": cache},
                            lambda: _cache_headline(run, extracted)))
@@ -299,10 +316,23 @@ def _release_stage(cfg: PipelineConfig, catalog_args: list[str], run: Path, extr
     release, measured = run / "release", run / "release-eval"
     tasks = cfg.finetune.tasks if cfg.finetune.enabled else []
     matcher = next((run / "finetune" / t / "final" for t in ("multitask", "retrieval") if t in tasks), None)
+    tagger, reused = run / "tagger", []
+    if cfg.release.reuse:
+        from kaleido.demo.session import resolve_model
+
+        earlier = resolve_model(cfg.release.reuse)
+        if not cfg.tagger.enabled:
+            tagger = earlier / "tagger"
+            reused.append(f"tagger={tagger}")
+        if matcher is None and (earlier / "matcher").is_dir():
+            matcher = earlier / "matcher"
+            reused.append(f"matcher={matcher}")
     data = ["--cache", str(run / "cache"), "--split-file", str(run / "split")]
+    tuned = cfg.backbone.enabled and cfg.patches.whole_image   # the dual encoder reads the tuned backbone's features
     commands = [["release", "build", "--out", str(release), "--dual", str(run / "dual" / "final"),
-                 "--tagger", str(run / "tagger"), "--patches", str(extracted / "meta.json"),
-                 *(["--matcher", str(matcher)] if matcher else [])]]
+                 "--tagger", str(tagger), "--patches", str(extracted / "meta.json"),
+                 *(["--matcher", str(matcher)] if matcher else []),
+                 *(["--backbone", str(run / "backbone" / "backbone" / "model.safetensors")] if tuned else [])]]
     card = ["release", "card", "--run", str(run), "--release", str(release), "--name", cfg.release.name,
             "--tagger-json", str(measured / "tagger-test.json")]
     if matcher:
@@ -313,6 +343,6 @@ def _release_stage(cfg: PipelineConfig, catalog_args: list[str], run: Path, extr
         card += ["--eval-json", str(measured / "test.json")]
     commands.append(["tagger", "eval", "--model", str(release), *catalog_args, "--split-file", str(run / "split"),
                      "--split", "test", "--json", str(measured / "tagger-test.json")])
-    commands.append(card)
+    commands.append(card + (["--reused", *reused] if reused else []))
     return Stage("release", commands, {"release": str(release), "card": str(release / "README.md")},
                  lambda: _release_headline(run))

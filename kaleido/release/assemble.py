@@ -7,6 +7,8 @@ Layout written (what :mod:`kaleido.demo.session`, ``kaleido tag --model`` and
     tagger/    the attribute tagger (config.json, model.safetensors, report.json, reliability.png)
                and its captioner/ (SAT decoder, config.yaml, vocab.json)
     matcher/   a Kaleido-BERT fine-tune with an ITM head: a retrieval or multitask ``final/`` (optional)
+    backbone/  model.safetensors: the tuned image backbone whose whole-image features ``dual/``
+               reads (``kaleido baseline tune-backbone``; optional: without it, the ImageNet one)
     patches.json  the patch settings the dual encoder's and matcher's features are made with
 
 Every floating-point tensor is stored as float16 (loaders cast back to float32). The tagger's
@@ -59,10 +61,15 @@ def patch_settings(cache_meta: Path) -> dict:
     return meta["config"]
 
 
+BACKBONE_WEIGHTS = "backbone/model.safetensors"
+
+
 def assemble_release(out: str | Path, dual: str | Path, tagger: str | Path, patches: str | Path,
-                     matcher: str | Path | None = None) -> dict[str, int]:
+                     matcher: str | Path | None = None, backbone: str | Path | None = None) -> dict[str, int]:
     """Write the release folder ``out`` from a dual encoder, a tagger (with its captioner), a
-    feature cache's ``meta.json`` and optionally a Kaleido-BERT fine-tune.
+    feature cache's ``meta.json``, optionally a Kaleido-BERT fine-tune and optionally the tuned
+    backbone file (``OUT/backbone/model.safetensors`` of ``kaleido baseline tune-backbone``)
+    whose whole-image features the dual encoder was trained on.
 
     Returns:
         ``{relative path: bytes}`` of every file written.
@@ -78,13 +85,19 @@ def assemble_release(out: str | Path, dual: str | Path, tagger: str | Path, patc
     for name, path in parts.items():
         if not Path(path).is_dir():
             raise FileNotFoundError(f"release part {name}: {path} is not a folder")
+    if backbone is not None and not Path(backbone).is_file():
+        raise FileNotFoundError(f"release part backbone: {backbone} is not a file (kaleido baseline tune-backbone "
+                                "writes OUT/backbone/model.safetensors)")
     settings = patch_settings(Path(patches))
-    for name in ("dual", "tagger", "matcher"):   # a rebuild replaces the release: nothing of the last one stays
+    for name in ("dual", "tagger", "matcher", "backbone"):   # a rebuild replaces the release: nothing of the last one stays
         if (out / name).exists():
             shutil.rmtree(out / name)
     (out / "README.md").unlink(missing_ok=True)   # the card describes one build; write it again for this one
     for name, path in parts.items():
         copy_model(Path(path), out / name)
+    if backbone is not None:
+        (out / BACKBONE_WEIGHTS).parent.mkdir(parents=True, exist_ok=True)
+        to_fp16(Path(backbone), out / BACKBONE_WEIGHTS)
     cfg_file = out / "tagger" / "config.json"
     cfg = json.loads(cfg_file.read_text())
     if (out / "tagger" / "captioner").is_dir():

@@ -66,7 +66,7 @@ def _json(path: Path) -> dict:
 
 
 def write_model_card(run: str | Path, release: str | Path, name: str, eval_json: str | Path | None = None,
-                     tagger_json: str | Path | None = None) -> Path:
+                     tagger_json: str | Path | None = None, reused: list[str] = ()) -> Path:
     """Write ``release/README.md`` from the run folder and the release's measured figures.
 
     Args:
@@ -75,6 +75,8 @@ def write_model_card(run: str | Path, release: str | Path, name: str, eval_json:
         name: the release's name (``models/<name>``).
         eval_json: ``kaleido eval --model ... --json`` of the release (Tables 2 and 3).
         tagger_json: ``kaleido tagger eval --model ... --json`` of the release.
+        reused: ``PART=FOLDER`` of the parts taken from an earlier release (pipeline
+            ``release.reuse``), which this run did not train.
     """
     from kaleido.pipeline.run import format_duration
     from kaleido.evaluation.tables import (format_full_catalog, format_itm, format_table2, format_table3,
@@ -90,13 +92,19 @@ def write_model_card(run: str | Path, release: str | Path, name: str, eval_json:
             part = f.relative_to(release).parts[0]
             sizes[part] = sizes.get(part, 0) + f.stat().st_size
     total = sum(sizes.values())
+    parts = dict(item.split("=", 1) for item in reused)
+    made = ("every part below was trained, assembled (float16 safetensors) and measured by that command" if not parts
+            else "every part below but " + ", ".join(f"`{p}`" for p in parts) + " was trained by that command, "
+                 "and all were assembled (float16 safetensors) and measured by it")
     lines = [f"# {name}", "",
-             f"Made by `kaleido pipeline` in one run (`{run}`): every part below was trained, assembled "
-             f"(float16 safetensors) and measured by that command. {total / 2**20:.1f} MB in all. Load it by name "
+             f"Made by `kaleido pipeline` in one run (`{run}`): {made}. {total / 2**20:.1f} MB in all. Load it by name "
              f"once it is in `models/{name}/` (`kaleido eval --model {name}`, `kaleido tag --model {name}`, "
              f"`kaleido demo prepare --model {name}`) or by its path anywhere.", "",
              "| part | size |", "|---|---:|"]
     lines += [f"| `{part}` | {size / 2**20:.1f} MB |" for part, size in sorted(sizes.items())]
+    if parts:
+        lines += ["", "Taken as they are from an earlier release (trained there; see its model card):", ""]
+        lines += [f"- `{part}/`: `{folder}`" for part, folder in parts.items()]
     lines += ["", "## How it was made", "", f"Machine: {machine()}.", ""]
     if started:
         lines += ["```bash", started, "```", ""]

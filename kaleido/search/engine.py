@@ -80,7 +80,8 @@ def cache_extractor(cache) -> Callable:
         return lambda image: extractor.extract([image])[0]
     from kaleido.baselines.features import whole_image_extractor
 
-    whole = whole_image_extractor()  # the cache carries whole-image features: the query gets one too
+    # the cache carries whole-image features: the query gets one too, by the same backbone weights
+    whole = whole_image_extractor(cache.root / cache.meta["whole_image"][0])
 
     def extract(image):
         return dataclasses.replace(extractor.extract([image])[0], whole_image=whole(image))
