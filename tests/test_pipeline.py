@@ -52,6 +52,9 @@ def test_stages_are_the_commands_in_order(tmp_path):
     assert str(tmp_path / "backbone" / "features" / "val") in union
     assert not any("baseline" in a for a in union)
     assert by_name["tagger"].commands[0][-3:] == ["--out", str(tmp_path / "tagger"), "threads=2"]
+    # the served dual encoder is the backbone stage's linear maps, converted (no training)
+    assert by_name["dual"].commands == [["dual", "from-linear", "--linear", str(tmp_path / "backbone" / "model"),
+                                         "--out", str(tmp_path / "dual" / "final")]]
     build, evaluate, tagger_eval, card = by_name["release"].commands
     assert build[build.index("--matcher") + 1] == str(tmp_path / "finetune" / "retrieval" / "final")
     assert build[build.index("--patches") + 1] == str(tmp_path / "cache-patches" / "meta.json")
@@ -74,7 +77,7 @@ def test_stages_are_the_commands_in_order(tmp_path):
 
 
 def test_without_the_backbone_stage_the_union_reads_the_reference_features(tmp_path):
-    cfg = load_config(PipelineConfig, "default", ["backbone.enabled=false"], component="pipeline")
+    cfg = load_config(PipelineConfig, "default", ["backbone.enabled=false", "dual.config=whole"], component="pipeline")
     by_name = {s.name: s for s in build_stages(cfg, ["--catalog", "C"], tmp_path)}
     union = by_name["patches"].commands[1]
     assert str(tmp_path / "baseline" / "features" / "val") in union
@@ -162,6 +165,8 @@ def test_the_one_encoder_model_is_evaluated_beside_the_separate_ones(tmp_path):
     (["tagger.enabled=false"], "release needs the tagger stage"),
     (["baseline.enabled=false", "backbone.enabled=false"], "patches needs the baseline stage"),
     (["release.config=x"], "has no --config"),
+    (["backbone.enabled=false"], "dual needs the backbone stage"),
+    (["dual.overrides=[train.epochs=3]"], "trains nothing"),
     (["patches.whole_image=false"], "whole-image dual encoder"),
     (["finetune.tasks=[category]"], "the release would have no matcher"),
 ])

@@ -144,3 +144,15 @@ def test_the_card_has_the_release_tables_beside_the_linear_reference(parts, tmp_
     assert "Full-catalog retrieval" in card and "ITM on clean pairs" in card
     assert any(l.startswith("| linear reference (image+title)") and "98.6" in l for l in card.splitlines())
     assert any(l.startswith("| tiny-release") and "80.0" in l for l in card.splitlines())   # category 0.8
+
+
+def test_a_part_already_in_float16_is_copied_byte_for_byte(tmp_path):
+    """A part reused from an earlier release stays the same file (git stores it once)."""
+    src, dst, cast = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    save_file({"w": torch.randn(4, 4).half(), "ids": torch.arange(3)}, str(src), metadata={"format": "pt"})
+    assemble.to_fp16(src, dst)
+    assert dst.read_bytes() == src.read_bytes()
+    save_file({"w": torch.randn(4, 4)}, str(cast))
+    assemble.to_fp16(cast, dst)
+    with safe_open(str(dst), "pt") as f:
+        assert f.get_tensor("w").dtype == torch.float16

@@ -24,6 +24,12 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", help="e.g. train.epochs=10 model.image.tower=pooled loss.image_views=1")
     p.set_defaults(func=cmd_train)
 
+    p = cmds.add_parser("from-linear", help="a linear reference's maps (e.g. kaleido baseline tune-backbone's "
+                                            "OUT/model) as a dual encoder folder, exactly; no training")
+    p.add_argument("--linear", type=Path, required=True, help="a LinearDualEncoder folder (OUT/model)")
+    p.add_argument("--out", type=Path, required=True, help="the dual encoder folder (what --model takes)")
+    p.set_defaults(func=cmd_from_linear)
+
     for name, help_, func in (("eval", "KB-101, full-catalog retrieval and zero-shot accuracy", cmd_eval),
                               ("zero-shot", "zero-shot category / attribute labels of products", cmd_zero_shot)):
         p = cmds.add_parser(name, help=help_)
@@ -68,6 +74,15 @@ def cmd_train(args) -> int:
     last = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.last.items()) if k.endswith(("loss", "r1")))
     print(f"{result.steps} steps in {result.wall_s / 60:.1f} min; last logged: {last}")
     print(f"model: {args.out / 'final'}; logs: {args.out / 'log.csv'}, {args.out / 'loss_curves.png'}")
+    return 0
+
+
+def cmd_from_linear(args) -> int:
+    from ..dual.convert import save_dual_from_linear
+
+    out = save_dual_from_linear(args.linear, args.out)
+    print(f"wrote {out}: {args.linear}'s maps as a dual encoder (linear image tower over the whole-image "
+          "feature, frozen MiniLM text tower)")
     return 0
 
 

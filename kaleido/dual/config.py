@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from kaleido.training.config import TrainConfig
 
-IMAGE_TOWERS = ("transformer", "pooled")
+IMAGE_TOWERS = ("transformer", "pooled", "linear")
 IMAGE_POOLING = ("cls", "attention")
 TEXT_POOLING = ("mean", "cls")
 TEXT_VIEWS = ("title", "attributes")
@@ -15,9 +15,12 @@ DEFAULT_ATTRIBUTE_TEMPLATE = "{baseColour} {gender} {usage} {season} {subcategor
 
 @dataclass
 class ImageTowerConfig:
-    """The image side: a small transformer over the 55 cached patches, or their mean."""
+    """The image side: a small transformer over the 55 cached patches, or their mean, or (``linear``)
+    the whole-image feature alone through one linear map (the tuned linear reference served as
+    a dual encoder: :mod:`kaleido.dual.convert`)."""
 
-    tower: str = "transformer"   # transformer (over the patches) | pooled (mean patch feature -> MLP)
+    # transformer (over the patches) | pooled (mean patch feature -> MLP) | linear (whole image only)
+    tower: str = "transformer"
     feature_dim: int = 1280      # patch feature size (set from the feature cache when it differs)
     grids: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])  # patch levels of the cache
     hidden_size: int = 384       # transformer width (also the pooled MLP's hidden width)
@@ -37,7 +40,9 @@ class ImageTowerConfig:
             raise ValueError(f"image tower must be one of {IMAGE_TOWERS}, not {self.tower!r}")
         if self.pooling not in IMAGE_POOLING:
             raise ValueError(f"image pooling must be one of {IMAGE_POOLING}, not {self.pooling!r}")
-        if self.hidden_size % self.num_heads:
+        if self.tower == "linear" and not self.whole_image:
+            raise ValueError("the linear image tower reads the whole-image feature only: set whole_image=true")
+        if self.tower == "transformer" and self.hidden_size % self.num_heads:
             raise ValueError(f"image hidden_size {self.hidden_size} is not a multiple of "
                              f"num_heads {self.num_heads}")
 
@@ -74,6 +79,7 @@ class DualEncoderConfig:
     embed_dim: int = 256          # size of the shared, L2-normalised space
     init_temperature: float = 0.07  # initial softmax temperature (learnable, as log inverse)
     max_logit_scale: float = 100.0  # cap on the inverse temperature (CLIP's)
+    text_proj_bias: bool = False  # a bias in the text projection (the linear reference's map has one)
 
 
 @dataclass

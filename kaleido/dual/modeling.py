@@ -102,6 +102,24 @@ class PooledTower(nn.Module):
         return self.mlp(x)
 
 
+class LinearTower(nn.Module):
+    """The whole-image feature alone: standardised (``mean`` / ``std`` buffers: the training
+    products' statistics, identity until set), dropout, one linear map -> (B, H). The patches
+    are not read. This is the linear reference's image side."""
+
+    def __init__(self, cfg: ImageTowerConfig):
+        super().__init__()
+        self.whole_image = True
+        self.register_buffer("mean", torch.zeros(cfg.whole_image_dim))
+        self.register_buffer("std", torch.ones(cfg.whole_image_dim))
+        self.map = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.whole_image_dim, cfg.hidden_size))
+
+    def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                whole_image: torch.Tensor | None = None) -> torch.Tensor:
+        x = _need(whole_image).to(self.mean.dtype)
+        return self.map((x - self.mean) / self.std)
+
+
 def _need(whole_image: torch.Tensor | None) -> torch.Tensor:
     if whole_image is None:
         raise ValueError("this image tower reads the whole-image feature too (model.image.whole_image=true); "
@@ -138,11 +156,11 @@ class DualEncoder(nn.Module):
     def __init__(self, cfg: DualEncoderConfig, bert_config):
         super().__init__()
         self.config, self.bert_config = cfg, bert_config
-        tower = PatchTransformerTower if cfg.image.tower == "transformer" else PooledTower
+        tower = {"transformer": PatchTransformerTower, "pooled": PooledTower, "linear": LinearTower}[cfg.image.tower]
         self.image = tower(cfg.image)
         self.text = TextTower(cfg.text, bert_config)
         self.image_proj = nn.Linear(cfg.image.hidden_size, cfg.embed_dim, bias=False)
-        self.text_proj = nn.Linear(bert_config.hidden_size, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(bert_config.hidden_size, cfg.embed_dim, bias=cfg.text_proj_bias)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
 
     def scale(self) -> torch.Tensor:

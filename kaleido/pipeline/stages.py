@@ -18,6 +18,11 @@ from kaleido.config import ConfigError
 from kaleido.pipeline.config import PipelineConfig, StageSettings
 
 
+#: ``dual.config`` that serves the backbone stage's linear maps as the dual encoder (no training;
+#: ``kaleido dual from-linear``)
+FROM_BACKBONE = "from-backbone"
+
+
 @dataclass
 class Stage:
     """One step: ``commands`` (argv lists for ``kaleido``) run in order; ``headline`` reads its
@@ -183,8 +188,13 @@ def check_stages(cfg: PipelineConfig) -> None:
         needs["finetune"].append("dual")
     if any(o.replace(" ", "") == "exhaustive=false" for o in cfg.eval.overrides):
         needs["eval"].append("dual")
-    whole_dual = cfg.dual.config == "whole" or any(o.replace(" ", "") == "model.image.whole_image=true"
-                                                   for o in cfg.dual.overrides)
+    if cfg.dual.config == FROM_BACKBONE:   # the dual encoder is the tuned backbone run's linear maps
+        needs["dual"] = ["backbone"]
+        if cfg.dual.overrides:
+            raise ConfigError(f"pipeline: dual.config={FROM_BACKBONE} trains nothing (it converts the backbone "
+                              f"stage's linear maps); dual.overrides {cfg.dual.overrides} have nothing to set")
+    whole_dual = cfg.dual.config in ("whole", FROM_BACKBONE) or any(
+        o.replace(" ", "") == "model.image.whole_image=true" for o in cfg.dual.overrides)
     if cfg.dual.enabled and whole_dual and cfg.patches.enabled and not cfg.patches.whole_image:
         raise ConfigError("pipeline: the whole-image dual encoder (dual.config=whole) reads the whole-image "
                           "features that patches.whole_image=true attaches to the cache; set it, or choose "
@@ -250,9 +260,14 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
     add(cfg.patches, Stage("patches", patch_commands, {"cache": cache},
                            lambda: _cache_headline(run, extracted)))
     dual = run / "dual"
-    add(cfg.dual, Stage("dual", [["dual", "train", *catalog_args, *data, "--out", str(dual),
-                                  *_preset(cfg.dual), *cfg.dual.overrides]],
-                        {"model": str(dual / "final")}, lambda: _training_headline(dual / "log.csv")))
+    if cfg.dual.config == FROM_BACKBONE:
+        add(cfg.dual, Stage("dual", [["dual", "from-linear", "--linear", str(backbone / "model"),
+                                      "--out", str(dual / "final")]],
+                            {"model": str(dual / "final")}, lambda: {"from": str(backbone / "model")}))
+    else:
+        add(cfg.dual, Stage("dual", [["dual", "train", *catalog_args, *data, "--out", str(dual),
+                                      *_preset(cfg.dual), *cfg.dual.overrides]],
+                            {"model": str(dual / "final")}, lambda: _training_headline(dual / "log.csv")))
     index = run / "index"
     add(cfg.index, Stage("index", [["index", "build", *catalog_args, "--cache", cache, "--model", str(dual / "final"),
                                     "--out", str(index), *cfg.index.overrides]],
@@ -310,6 +325,14 @@ def build_stages(cfg: PipelineConfig, catalog_args: list[str], run: Path) -> lis
     return stages
 
 
+def _shown(path: Path) -> str:
+    """A path as the model card shows it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _release_stage(cfg: PipelineConfig, catalog_args: list[str], run: Path, extracted: Path) -> Stage:
     """Assemble ``RUN/release``, measure it as a user would (``kaleido eval --model``,
     ``kaleido tagger eval --model``) and write its model card from the run."""
@@ -323,10 +346,10 @@ def _release_stage(cfg: PipelineConfig, catalog_args: list[str], run: Path, extr
         earlier = resolve_model(cfg.release.reuse)
         if not cfg.tagger.enabled:
             tagger = earlier / "tagger"
-            reused.append(f"tagger={tagger}")
+            reused.append(f"tagger={_shown(tagger)}")
         if matcher is None and (earlier / "matcher").is_dir():
             matcher = earlier / "matcher"
-            reused.append(f"matcher={matcher}")
+            reused.append(f"matcher={_shown(matcher)}")
     data = ["--cache", str(run / "cache"), "--split-file", str(run / "split")]
     tuned = cfg.backbone.enabled and cfg.patches.whole_image   # the dual encoder reads the tuned backbone's features
     commands = [["release", "build", "--out", str(release), "--dual", str(run / "dual" / "final"),

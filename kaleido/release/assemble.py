@@ -28,13 +28,19 @@ MAX_BYTES = 150 * 2**20
 
 
 def to_fp16(src: Path, dst: Path) -> None:
-    """Copy a safetensors file with its floating-point tensors cast to float16."""
+    """Copy a safetensors file with its floating-point tensors cast to float16 (byte for byte
+    when they already are: a part reused from an earlier release stays the same file, which
+    git stores once)."""
+    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     with safe_open(str(src), "pt") as f:
         meta = f.metadata()
         state = {k: f.get_tensor(k) for k in f.keys()}
+    if all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point()):
+        shutil.copyfile(src, dst)
+        return
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     save_file(state, str(dst), metadata=meta)
 
