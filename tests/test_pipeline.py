@@ -203,7 +203,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     proc.wait()
     time.sleep(1.0)
     done = sorted(p.stem for p in (run / "stages").glob("*.json"))
-    assert done == ["align", "baseline", "dual", "index", "patches", "sat", "split", "tagger"]  # pretrain had started
+    assert done == ["align", "backbone", "baseline", "dual", "index", "patches", "sat", "split", "tagger"]  # pretrain had started
     # the running stage died with the pipeline: nothing writes into the run folder any more
     alive = subprocess.run(["pgrep", "-f", f"--out {run}/pretrain"], capture_output=True, text=True).stdout
     assert not alive.strip()
@@ -213,7 +213,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     status = {name: r["status"] for name, r in summary["stages"].items()}
-    assert status == {"split": "skipped", "baseline": "skipped", "patches": "skipped", "dual": "skipped",
+    assert status == {"split": "skipped", "baseline": "skipped", "backbone": "skipped", "patches": "skipped", "dual": "skipped",
                       "index": "skipped", "sat": "skipped", "tagger": "skipped", "align": "skipped",
                       "pretrain": "ran", "finetune-retrieval": "ran", "finetune-category": "ran",
                       "finetune-caption": "ran", "eval": "ran", "eval-dual": "ran", "release": "ran"}
@@ -237,7 +237,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_kill_9(tmp_path):
     card = (run / "release" / "README.md").read_text()
     assert card.startswith("# tiny-release") and " ".join(argv[3:6]) in card and "| pretrain |" in card
     assert f"kaleido eval --model {run / 'release'}" in card and "linear reference" in card
-    for part in ("dual", "tagger", "matcher"):
+    for part in ("dual", "tagger", "matcher", "backbone"):   # the tuned backbone the dual encoder's features need
         assert (run / "release" / part / "model.safetensors").is_file()
 
     # a finished run is all skips; other settings in the same folder are refused
@@ -253,8 +253,8 @@ def test_pipeline_reads_a_fashion_gen_h5(sample_dir, tmp_path, capsys):
 
     h5 = tmp_path / "fg.h5"
     assert main(["data", "to-fashiongen", str(sample_dir), str(h5), "--limit", "10", "--image-size", "96"]) == 0
-    off = [f"{s}.enabled=false" for s in ("baseline", "sat", "tagger", "align", "pretrain", "finetune", "dual",
-                                          "index", "eval", "release")]
+    off = [f"{s}.enabled=false" for s in ("baseline", "backbone", "sat", "tagger", "align", "pretrain", "finetune",
+                                          "dual", "index", "eval", "release")]
     assert main(["pipeline", "--catalog", str(h5), "--out", str(tmp_path / "run"), "--config", "tiny", "--quiet",
                  "split.split.stratify_by=none", "patches.whole_image=false", *off]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
