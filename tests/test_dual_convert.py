@@ -70,3 +70,25 @@ def test_constant_text_dimensions_are_dropped_and_the_weights_fit_float16(linear
     assert torch.all(model.text_proj.weight[:, :3] == 0)
     assert torch.isfinite(model.state_dict()["text_proj.weight"].half()).all()
     torch.testing.assert_close(model.text_proj.weight[:, 3:], linear.text[1].weight[:, 3:] / linear.text_std[3:])
+
+
+def test_the_float16_release_copy_embeds_as_the_float32_model(linear, tmp_path):
+    """The release stores every weight in float16: the folded projection and the image
+    standardisation must survive it."""
+    import shutil
+
+    from kaleido.dual.convert import save_dual_from_linear
+    from kaleido.release.assemble import copy_model
+
+    save_dual_from_linear(linear, tmp_path / "dual")
+    copy_model(tmp_path / "dual", tmp_path / "release")
+    full, processor = load_dual(tmp_path / "dual")
+    half, _ = load_dual(tmp_path / "release")
+    titles = ["Nike Men Navy Blue T-shirt", "Red kurta"]
+    np.testing.assert_allclose(embed_texts(half, processor, titles), embed_texts(full, processor, titles), atol=3e-3)
+    whole = np.random.default_rng(2).normal(2.0, 3.0, (2, 1280)).astype(np.float32)
+    items = [PatchFeatures(features=np.zeros((55, 1280), np.float32), positions=np.zeros((55, 5), np.float32),
+                           box=np.zeros(4), image_size=np.zeros(2), saliency_fallback=False, whole_image=w)
+             for w in whole]
+    np.testing.assert_allclose(embed_patches(half, processor, items), embed_patches(full, processor, items), atol=3e-3)
+    shutil.rmtree(tmp_path / "release")

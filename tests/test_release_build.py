@@ -146,11 +146,15 @@ def test_the_card_has_the_release_tables_beside_the_linear_reference(parts, tmp_
     assert any(l.startswith("| tiny-release") and "80.0" in l for l in card.splitlines())   # category 0.8
 
 
-def test_a_part_already_in_float16_is_copied_byte_for_byte(tmp_path):
+def test_a_part_already_in_float16_is_copied_byte_for_byte(tmp_path, monkeypatch):
     """A part reused from an earlier release stays the same file (git stores it once)."""
+    import safetensors.torch
+
     src, dst, cast = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
     save_file({"w": torch.randn(4, 4).half(), "ids": torch.arange(3)}, str(src), metadata={"format": "pt"})
-    assemble.to_fp16(src, dst)
+    with monkeypatch.context() as m:   # copied, never written again
+        m.setattr(safetensors.torch, "save_file", lambda *a, **k: pytest.fail("re-saved an fp16 part"))
+        assemble.to_fp16(src, dst)
     assert dst.read_bytes() == src.read_bytes()
     save_file({"w": torch.randn(4, 4)}, str(cast))
     assemble.to_fp16(cast, dst)

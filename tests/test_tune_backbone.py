@@ -66,7 +66,7 @@ def tuned(tmp_path_factory):
     assert cli([*common, "--out", str(root / "run"), "tune.epochs=1"]) == 0
     assert cli([*common, "--out", str(root / "run"), "tune.epochs=2"]) == 0   # resumes after epoch 1
     assert cli([*common, "--out", str(root / "frozen"), "tune.epochs=1", "tune.tail_lr=0"]) == 0
-    return {"root": root, "catalog": catalog, "split": split}
+    return {"root": root, "catalog": catalog, "split": split, "sample": sample_dir}
 
 
 def test_a_run_resumes_saves_the_backbone_and_scores_the_served_features(tuned):
@@ -80,6 +80,40 @@ def test_a_run_resumes_saves_the_backbone_and_scores_the_served_features(tuned):
     for split in ("train", "val", "test"):
         cfg = feature_config_of(run / "features" / split)
         assert cfg.weights == str((run / "backbone" / "model.safetensors").resolve())
+        stored = json.loads((run / "features" / split / "features.json").read_text())
+        assert stored["weights"] == "../../backbone/model.safetensors" and len(stored["weights_sha1"]) == 40
+
+
+def test_a_moved_run_keeps_its_weights_and_a_missing_file_is_named(tuned, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tuned["root"] / "run", moved, ignore=shutil.ignore_patterns("activations", "*.pt"))
+    assert feature_config_of(moved / "features" / "val").weights == str((moved / "backbone" / "model.safetensors").resolve())
+    (moved / "backbone" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="features.json says these features were made by"):
+        feature_config_of(moved / "features" / "val")
+
+
+def test_a_resume_with_another_recipe_is_refused(tuned):
+    run = tuned["root"] / "run"
+    args = ["baseline", "tune-backbone", "--catalog", str(tuned["sample"]), "--split-file", str(tuned["split"]), "--quiet", "--cache", str(tuned["root"] / "cache"), "--out", str(run),
+            "tune.from_stage=7", "tune.batch_size=32", "tune.threads=1", "tune.epochs=3", "tune.tail_lr=1e-3"]
+    assert cli(args) == 2   # the CLI's clear-error exit
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]        # nothing trained on top of the other recipe
+
+
+def test_a_union_refuses_features_of_different_weights(tuned, pretrain_data, tmp_path):
+    from kaleido.patches.cache import CacheError, write_union
+
+    run = tuned["root"] / "run"
+    frozen = tuned["root"] / "frozen" / "features" / "val"   # the tail_lr=0 run: its own weights file
+    patches = pretrain_data["cache"]
+    with pytest.raises(CacheError, match="different backbones or weights"):
+        write_union(tmp_path / "union", [patches], whole_image=[run / "features" / "train", frozen])
+    union = write_union(tmp_path / "ok", [patches], whole_image=[run / "features" / s for s in ("train", "val", "test")])
+    assert union.meta["whole_image"]
 
 
 def test_a_zero_tail_rate_keeps_the_imagenet_backbone_and_training_moves_it(tuned, backbone):
@@ -131,3 +165,19 @@ def test_tune_config_defaults_are_the_measured_best_row():
     cfg = TuneRunConfig()
     assert (cfg.tune.from_stage, cfg.tune.tail_lr, cfg.tune.epochs) == (5, 3.0e-4, 15)
     assert isinstance(cfg.tune, TuneConfig)
+
+
+def test_a_release_refuses_features_of_other_backbone_weights(tuned, pretrain_data, tmp_path):
+    from kaleido.patches.cache import write_union
+    from kaleido.release import check_whole_image_weights
+    from kaleido.release.assemble import BACKBONE_WEIGHTS, to_fp16
+
+    run = tuned["root"] / "run"
+    union = write_union(tmp_path / "union", [pretrain_data["cache"]],
+                        whole_image=[run / "features" / s for s in ("train", "val", "test")])
+    release = tmp_path / "release"
+    with pytest.raises(ValueError, match="reads those of ImageNet"):   # a release without the tuned backbone
+        check_whole_image_weights(release, union)
+    (release / "backbone").mkdir(parents=True)
+    to_fp16(run / "backbone" / "model.safetensors", release / BACKBONE_WEIGHTS)
+    check_whole_image_weights(release, union)                          # the weights its features were made by

@@ -13,8 +13,10 @@ as the catalog was (:func:`whole_image_extractor`, :func:`feature_config_of`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -51,11 +53,38 @@ FEATURES_NAME = "features.json"
 
 def feature_config_of(cache: str | Path) -> GlobalFeatureConfig:
     """The settings a feature cache was made with (its ``features.json``; the defaults for a
-    cache older than that file, which were the only settings then)."""
+    cache older than that file, which were the only settings then). A weights file is stored
+    relative to the cache folder (a moved run or clone keeps working) with its sha1.
+
+    Raises:
+        FileNotFoundError: the weights file it names is gone.
+    """
     file = Path(cache) / FEATURES_NAME
     if not file.is_file():
         return GlobalFeatureConfig()
-    return GlobalFeatureConfig(**json.loads(file.read_text()))
+    stored = json.loads(file.read_text())
+    sha1 = stored.pop("weights_sha1", None)
+    cfg = GlobalFeatureConfig(**stored)
+    if cfg.weights in ("default", "timm-cache", "random"):
+        return cfg
+    path = Path(cfg.weights) if Path(cfg.weights).is_absolute() else Path(cache) / cfg.weights
+    if not path.is_file():
+        raise FileNotFoundError(f"{file} says these features were made by the backbone weights {cfg.weights} "
+                                f"(sha1 {sha1}), which are not at {path}; put them back or extract the "
+                                "features again with the weights you have")
+    return dataclasses.replace(cfg, weights=str(path.resolve()))
+
+
+def _write_feature_config(cache: Path, cfg: GlobalFeatureConfig) -> None:
+    """``features.json`` of a cache, written whole once its chunks are (see :func:`feature_config_of`)."""
+    stored = asdict(cfg)
+    weights = Path(cfg.weights)
+    if cfg.weights not in ("default", "timm-cache", "random") and weights.is_file():
+        stored["weights"] = os.path.relpath(weights.resolve(), Path(cache).resolve())
+        stored["weights_sha1"] = _weights_id(cfg.weights).removeprefix("sha1:")
+    tmp = Path(cache) / (FEATURES_NAME + ".tmp")
+    tmp.write_text(json.dumps(stored, indent=2) + "\n")
+    tmp.replace(Path(cache) / FEATURES_NAME)
 
 
 def load_feature_backbone(cfg: GlobalFeatureConfig):
@@ -164,11 +193,10 @@ def image_features(catalog: Catalog, products: Sequence[Product], cache: str | P
         with torch.inference_mode():
             return loaded[0].forward_pooled(loaded[0].normalize(images)).float().numpy()
 
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    (Path(cache) / FEATURES_NAME).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     ids, feats = chunked_features(catalog, products, cache, pooled,
                                   {"backbone": cfg.backbone, "weights": _weights_id(cfg.weights)},
                                   cfg.image_size, cfg.batch_size, cfg.chunk)
+    _write_feature_config(Path(cache), cfg)   # only now: the chunks on disk are these settings'
     return ids, feats.reshape(len(ids), -1) if len(ids) else np.zeros((0, 0), np.float32)
 
 

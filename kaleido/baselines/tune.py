@@ -130,8 +130,10 @@ def trunk_activations(catalog, products, trunk: nn.Module, backbone, folder: Pat
                     for v in ([x, x.flip(-1)] if views == 2 else [x])]
         return torch.stack(outs, 1).half().numpy()
 
+    from kaleido.baselines.features import _weights_id
+
     settings = {"trunk": type(backbone.model).__name__, "blocks": len(trunk) - 2, "views": views,
-                "weights": cfg.weights}
+                "weights": _weights_id(cfg.weights)}
     return chunked_features(catalog, products, folder, compute, settings, cfg.image_size, cfg.batch_size,
                             cfg.chunk, desc=f"trunk activations ({folder.name})")
 
@@ -179,8 +181,14 @@ def train_tuned(model: TunedDual, train: dict, val: dict, cfg: TuneConfig, out: 
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     ckpt, start_epoch, seconds = out / "checkpoint.pt", 0, 0.0
+    recipe = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "threads")},
+                        sort_keys=True)
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
+        if state.get("recipe", recipe) != recipe:
+            raise ValueError(f"{ckpt} was trained with another recipe ({state['recipe']}); resume it with the same "
+                             "tune.* settings (only tune.epochs may grow: the cosine schedule is stretched to it), "
+                             "or choose a new --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -217,7 +225,7 @@ def train_tuned(model: TunedDual, train: dict, val: dict, cfg: TuneConfig, out: 
             csv.writer(f).writerow([epoch + 1, f"{np.mean(losses):.4f}", f"{sumr:.2f}", f"{elapsed:.1f}"])
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch + 1, "seconds": seconds}, tmp)
+                    "epoch": epoch + 1, "seconds": seconds, "recipe": recipe}, tmp)
         tmp.replace(ckpt)
     model.eval()
     return {"seconds": seconds, "steps": total}

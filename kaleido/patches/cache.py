@@ -382,6 +382,13 @@ def write_union(out: str | Path, parts: Sequence[str | Path],
             raise CacheError(f"{folder}: no chunk-*.npz whole-image features (kaleido baseline linear-probe "
                              "writes them under OUT/features/<split>)")
     if whole_image:
+        from kaleido.baselines.features import _weights_id, feature_config_of
+
+        made = {str(f): (c.backbone, _weights_id(c.weights), c.image_size)
+                for f, c in ((f, feature_config_of(f)) for f in whole_image)}
+        if len(set(made.values())) > 1:
+            raise CacheError("the whole-image feature folders were made by different backbones or weights "
+                             f"({made}); a product's feature and a query photo's must come from the same one")
         meta["whole_image"] = [os.path.relpath(Path(f).resolve(), out.resolve()) for f in whole_image]
     _write_meta(out, meta)
     return FeatureCache(out)

@@ -38,6 +38,31 @@ def check_cache_settings(release: str | Path, cache) -> None:
         raise ValueError(f"feature cache {cache.root} was made with other patch settings than {release} "
                          f"expects ({shown}); extract the catalog again with the settings of "
                          f"{Path(release) / 'patches.json'} (its model card gives the command)")
+    check_whole_image_weights(release, cache)
+
+
+def check_whole_image_weights(release: str | Path, cache) -> None:
+    """Refuse a cache whose whole-image features were made by other backbone weights than the
+    release's (its ``backbone/``, or the ImageNet ones when it ships none): its dual encoder
+    would read features it was never trained on.
+
+    Raises:
+        ValueError: naming both.
+    """
+    from kaleido.baselines.features import _weights_id, feature_config_of
+    from kaleido.release.assemble import BACKBONE_WEIGHTS
+
+    folders = cache.meta.get("whole_image", [])
+    if not folders:
+        return
+    tuned = Path(release) / BACKBONE_WEIGHTS
+    want = _weights_id(str(tuned)) if tuned.is_file() else "default"
+    have = _weights_id(feature_config_of(cache.root / folders[0]).weights)
+    if want != have:
+        raise ValueError(f"the whole-image features of {cache.root} were made by the backbone weights {have}, "
+                         f"but {release} reads those of {'its ' + BACKBONE_WEIGHTS if tuned.is_file() else 'ImageNet'} "
+                         f"({want}); make them with `kaleido baseline tune-backbone` / `image_features` and "
+                         f"GlobalFeatureConfig(weights={str(tuned) if tuned.is_file() else 'default'!r})")
 
 
 def _differences(a: dict, b: dict, prefix: str = ""):
