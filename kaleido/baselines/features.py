@@ -49,6 +49,8 @@ def _image_tensor(image, size: int) -> torch.Tensor:
 
 
 FEATURES_NAME = "features.json"
+#: ``weights`` values that name a source rather than a file (``BackboneConfig.weights``)
+NAMED_WEIGHTS = ("default", "timm-cache", "random")
 
 
 def feature_config_of(cache: str | Path) -> GlobalFeatureConfig:
@@ -65,7 +67,7 @@ def feature_config_of(cache: str | Path) -> GlobalFeatureConfig:
     stored = json.loads(file.read_text())
     sha1 = stored.pop("weights_sha1", None)
     cfg = GlobalFeatureConfig(**stored)
-    if cfg.weights in ("default", "timm-cache", "random"):
+    if cfg.weights in NAMED_WEIGHTS:
         return cfg
     path = Path(cfg.weights) if Path(cfg.weights).is_absolute() else Path(cache) / cfg.weights
     if not path.is_file():
@@ -79,9 +81,9 @@ def _write_feature_config(cache: Path, cfg: GlobalFeatureConfig) -> None:
     """``features.json`` of a cache, written whole once its chunks are (see :func:`feature_config_of`)."""
     stored = asdict(cfg)
     weights = Path(cfg.weights)
-    if cfg.weights not in ("default", "timm-cache", "random") and weights.is_file():
+    if cfg.weights not in NAMED_WEIGHTS and weights.is_file():
         stored["weights"] = os.path.relpath(weights.resolve(), Path(cache).resolve())
-        stored["weights_sha1"] = _weights_id(cfg.weights).removeprefix("sha1:")
+        stored["weights_sha1"] = weights_id(cfg.weights).removeprefix("sha1:")
     tmp = Path(cache) / (FEATURES_NAME + ".tmp")
     tmp.write_text(json.dumps(stored, indent=2) + "\n")
     tmp.replace(Path(cache) / FEATURES_NAME)
@@ -194,17 +196,17 @@ def image_features(catalog: Catalog, products: Sequence[Product], cache: str | P
             return loaded[0].forward_pooled(loaded[0].normalize(images)).float().numpy()
 
     ids, feats = chunked_features(catalog, products, cache, pooled,
-                                  {"backbone": cfg.backbone, "weights": _weights_id(cfg.weights)},
+                                  {"backbone": cfg.backbone, "weights": weights_id(cfg.weights)},
                                   cfg.image_size, cfg.batch_size, cfg.chunk)
     _write_feature_config(Path(cache), cfg)   # only now: the chunks on disk are these settings'
     return ids, feats.reshape(len(ids), -1) if len(ids) else np.zeros((0, 0), np.float32)
 
 
-def _weights_id(weights: str) -> str:
+def weights_id(weights: str) -> str:
     """``weights`` as chunks record it: a file by its content (a moved copy is the same
     backbone, a re-tuned one at the same path is not)."""
     path = Path(weights)
-    if weights in ("default", "timm-cache", "random") or not path.is_file():
+    if weights in NAMED_WEIGHTS or not path.is_file():
         return weights
     import hashlib
 
@@ -260,6 +262,29 @@ class TitleEncoder:
                 mask = enc["attention_mask"].unsqueeze(-1).float()                # (B, T, 1)
                 out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+
+def product_records(products: Sequence[Product], ids: Sequence[str]) -> dict:
+    """``{"ids", "titles", "category", "subcategory"}`` of ``ids`` (a subset of ``products``, in
+    the order features were kept), what the reference's evaluation reads beside the features."""
+    by_id = {p.id: p for p in products}
+    kept = [by_id[i] for i in ids]
+    return {"ids": list(ids), "titles": [p.title for p in kept],
+            "category": [p.category or "" for p in kept], "subcategory": [p.subcategory or "" for p in kept]}
+
+
+def cached_titles(products: Sequence[Product], ids: Sequence[str], file: str | Path,
+                  cfg: GlobalFeatureConfig = GlobalFeatureConfig()) -> np.ndarray:
+    """Mean-pooled MiniLM embeddings of the titles of ``ids``, cached in ``file`` (``.npz``;
+    reused when it holds the same ids)."""
+    file = Path(file)
+    if file.is_file():
+        stored = np.load(file, allow_pickle=False)
+        if list(stored["ids"]) == list(ids):
+            return stored["text"]
+    text = title_embeddings(product_records(products, ids)["titles"], cfg)
+    np.savez(file, ids=np.array(ids, dtype=str), text=text)
+    return text
 
 
 def title_embeddings(texts: Sequence[str], cfg: GlobalFeatureConfig = GlobalFeatureConfig()) -> np.ndarray:

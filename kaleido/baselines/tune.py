@@ -40,8 +40,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kaleido.baselines.features import GlobalFeatureConfig, TitleEncoder, chunked_features, image_features
-from kaleido.baselines.linear_probe import LinearDualEncoder, ProbeEvalConfig, retrieval_from_scores
+from kaleido.baselines.features import (GlobalFeatureConfig, cached_titles, chunked_features, image_features,
+                                        product_records, weights_id)
+from kaleido.baselines.linear_probe import LinearDualEncoder, ProbeEvalConfig, retrieval_from_scores, similarity
 from kaleido.contrastive import info_nce, title_codes
 
 log = logging.getLogger(__name__)
@@ -130,38 +131,22 @@ def trunk_activations(catalog, products, trunk: nn.Module, backbone, folder: Pat
                     for v in ([x, x.flip(-1)] if views == 2 else [x])]
         return torch.stack(outs, 1).half().numpy()
 
-    from kaleido.baselines.features import _weights_id
-
     settings = {"trunk": type(backbone.model).__name__, "blocks": len(trunk) - 2, "views": views,
-                "weights": _weights_id(cfg.weights)}
+                "weights": weights_id(cfg.weights)}
     return chunked_features(catalog, products, folder, compute, settings, cfg.image_size, cfg.batch_size,
                             cfg.chunk, desc=f"trunk activations ({folder.name})")
 
 
-def _titles(products, ids, cache: Path) -> np.ndarray:
-    """Mean-pooled MiniLM title embeddings of ``ids`` (cached in ``cache``)."""
-    by_id = {p.id: p for p in products}
-    if cache.is_file():
-        stored = np.load(cache, allow_pickle=False)
-        if list(stored["ids"]) == list(ids):
-            return stored["text"]
-    text = TitleEncoder()([by_id[i].title for i in ids], progress=True)
-    np.savez(cache, ids=np.array(ids, dtype=str), text=text)
-    return text
+def _split_data(products, ids, image: np.ndarray, titles_file: Path) -> dict:
+    return {"image": image, "text": cached_titles(products, ids, titles_file).astype(np.float32),
+            **product_records(products, ids)}
 
 
-def _split_data(products, ids, image: np.ndarray, text: np.ndarray) -> dict:
-    by_id = {p.id: p for p in products}
-    kept = [by_id[i] for i in ids]
-    return {"image": image, "text": text.astype(np.float32), "ids": list(ids), "titles": [p.title for p in kept],
-            "category": [p.category or "" for p in kept], "subcategory": [p.subcategory or "" for p in kept]}
-
-
-def _scores(model: LinearDualEncoder, image: np.ndarray, text: np.ndarray, embed=None, batch: int = 256) -> np.ndarray:
-    embed = embed or model.embed_image
+def _act_scores(model: TunedDual, acts: np.ndarray, text: np.ndarray, batch: int = 256) -> np.ndarray:
+    """(N, N) similarities of trunk activations (through the tail, in batches) and title vectors."""
     model.eval()
     with torch.no_grad():
-        img = torch.cat([embed(torch.from_numpy(image[i:i + batch])) for i in range(0, len(image), batch)])
+        img = torch.cat([model.embed_acts(torch.from_numpy(acts[i:i + batch])) for i in range(0, len(acts), batch)])
         return (img @ model.embed_text(torch.from_numpy(text)).t()).numpy()
 
 
@@ -215,7 +200,7 @@ def train_tuned(model: TunedDual, train: dict, val: dict, cfg: TuneConfig, out: 
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-        scores = _scores(model, val["image"][:, 0], val["text"], model.embed_acts)
+        scores = _act_scores(model, val["image"][:, 0], val["text"])
         sumr = retrieval_from_scores(scores, val["subcategory"], val["category"], val["titles"],
                                      dataclasses.replace(protocol, full_catalog=False))["SumR"]
         elapsed = time.perf_counter() - t0
@@ -268,7 +253,7 @@ def run_tune(catalog, split_file: str | Path, out: str | Path, cfg: TuneRunConfi
         views = 2 if (s == "train" and t.mirror) else 1
         ids, a = trunk_activations(catalog, products[s], trunk, backbone,
                                    cache / "activations" / f"stage{t.from_stage}-{s}", views, cfg.features)
-        acts[s] = _split_data(products[s], ids, a, _titles(products[s], ids, cache / f"titles-{s}.npz"))
+        acts[s] = _split_data(products[s], ids, a, cache / f"titles-{s}.npz")
     if not len(acts["train"]["ids"]):
         raise ValueError(f"no training product of {split_file} has a readable image")
 
@@ -295,9 +280,9 @@ def run_tune(catalog, split_file: str | Path, out: str | Path, cfg: TuneRunConfi
         if s == "train":
             result["train"]["products"] = len(ids)
             continue
-        data = _split_data(products[s], ids, image, _titles(products[s], ids, cache / f"titles-{s}.npz"))
+        data = _split_data(products[s], ids, image, cache / f"titles-{s}.npz")
         np.savez(out / "features" / f"{s}-titles.npz", ids=np.array(ids, dtype=str), text=data["text"])
-        result[s] = retrieval_from_scores(_scores(maps, data["image"], data["text"]), data["subcategory"],
+        result[s] = retrieval_from_scores(similarity(maps, data["image"], data["text"]), data["subcategory"],
                                           data["category"], data["titles"], cfg.eval)
         log.info("%s: KB-101 SumR %.1f", s, result[s]["SumR"])
     (out / "result.json").write_text(json.dumps(to_jsonable(result), indent=2))

@@ -36,21 +36,11 @@ def register(sub) -> None:
 
 
 def _split_features(catalog, products, cfg, cache: Path, title_cache: Path) -> dict:
-    import numpy as np
-
-    from ..baselines.features import image_features, title_embeddings
+    from ..baselines.features import cached_titles, image_features, product_records
 
     ids, image = image_features(catalog, products, cache, cfg.features)
-    by_id = {p.id: p for p in products}
-    kept = [by_id[i] for i in ids]
-    titles = [p.title for p in kept]
-    if title_cache.is_file() and list(np.load(title_cache)["ids"]) == list(ids):
-        text = np.load(title_cache)["text"]
-    else:
-        text = title_embeddings(titles, cfg.features)
-        np.savez(title_cache, ids=np.array(ids, dtype=str), text=text)
-    return {"image": image, "text": text, "titles": titles, "ids": ids,
-            "category": [p.category or "" for p in kept], "subcategory": [p.subcategory or "" for p in kept]}
+    return {"image": image, "text": cached_titles(products, ids, title_cache, cfg.features),
+            **product_records(products, ids)}
 
 
 def cmd_linear_probe(args) -> int:

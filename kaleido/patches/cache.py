@@ -382,9 +382,9 @@ def write_union(out: str | Path, parts: Sequence[str | Path],
             raise CacheError(f"{folder}: no chunk-*.npz whole-image features (kaleido baseline linear-probe "
                              "writes them under OUT/features/<split>)")
     if whole_image:
-        from kaleido.baselines.features import _weights_id, feature_config_of
+        from kaleido.baselines.features import weights_id, feature_config_of
 
-        made = {str(f): (c.backbone, _weights_id(c.weights), c.image_size)
+        made = {str(f): (c.backbone, weights_id(c.weights), c.image_size)
                 for f, c in ((f, feature_config_of(f)) for f in whole_image)}
         if len(set(made.values())) > 1:
             raise CacheError("the whole-image feature folders were made by different backbones or weights "

@@ -49,15 +49,15 @@ def check_whole_image_weights(release: str | Path, cache) -> None:
     Raises:
         ValueError: naming both.
     """
-    from kaleido.baselines.features import _weights_id, feature_config_of
+    from kaleido.baselines.features import weights_id, feature_config_of
     from kaleido.release.assemble import BACKBONE_WEIGHTS
 
     folders = cache.meta.get("whole_image", [])
     if not folders:
         return
     tuned = Path(release) / BACKBONE_WEIGHTS
-    want = _weights_id(str(tuned)) if tuned.is_file() else "default"
-    have = _weights_id(feature_config_of(cache.root / folders[0]).weights)
+    want = weights_id(str(tuned)) if tuned.is_file() else "default"
+    have = weights_id(feature_config_of(cache.root / folders[0]).weights)
     if want != have:
         raise ValueError(f"the whole-image features of {cache.root} were made by the backbone weights {have}, "
                          f"but {release} reads those of {'its ' + BACKBONE_WEIGHTS if tuned.is_file() else 'ImageNet'} "
