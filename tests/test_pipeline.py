@@ -99,6 +99,13 @@ def test_a_release_may_reuse_an_earlier_releases_tagger_and_matcher(tmp_path):
     assert build[build.index("--matcher") + 1] == str(earlier / "matcher")
     assert card[card.index("--reused") + 1:] == [f"tagger={earlier / 'tagger'}", f"matcher={earlier / 'matcher'}"]
     assert evaluate[:2] == ["eval", "--model"]   # the reused matcher is measured with the new dual encoder
+    (earlier / "matcher").rmdir()   # a release without a matcher has nothing for release.overrides to measure
+    with pytest.raises(ConfigError, match="has no matcher/"):
+        build_stages(load_config(PipelineConfig, "default", [*off, f"release.reuse={earlier}"], component="pipeline"),
+                     ["--catalog", "C"], tmp_path / "run")
+    with pytest.raises(ConfigError, match="not a released model folder"):
+        build_stages(load_config(PipelineConfig, "default", [*off, f"release.reuse={tmp_path / 'nowhere'}"],
+                                 component="pipeline"), ["--catalog", "C"], tmp_path / "run")
 
 
 def test_a_run_started_before_a_stage_existed_resumes_with_it(tmp_path):

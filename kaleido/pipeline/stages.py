@@ -199,15 +199,23 @@ def check_stages(cfg: PipelineConfig) -> None:
         raise ConfigError("pipeline: the whole-image dual encoder (dual.config=whole) reads the whole-image "
                           "features that patches.whole_image=true attaches to the cache; set it, or choose "
                           "dual.config=pooled")
-    if cfg.release.reuse:   # the reused release's tagger stands in for the tagger stage
+    reused_matcher = False
+    if cfg.release.enabled and cfg.release.reuse:   # the reused release's tagger stands in for the tagger stage
+        from kaleido.demo.session import resolve_model
+
+        try:
+            reused_matcher = (resolve_model(cfg.release.reuse) / "matcher").is_dir()
+        except FileNotFoundError as e:
+            raise ConfigError(f"pipeline: release.reuse={cfg.release.reuse}: {e}") from None
         needs["release"] = ["patches", "dual"]
     tasks = cfg.finetune.tasks if cfg.finetune.enabled else []
     if (cfg.release.enabled and cfg.release.overrides and not {"retrieval", "multitask"} & set(tasks)
-            and not cfg.release.reuse):
+            and not reused_matcher):
         raise ConfigError("pipeline: release.overrides are the settings of `kaleido eval --model`, which "
                           "measures the release's Kaleido-BERT matcher, but finetune.tasks has neither "
-                          "retrieval nor multitask (or finetune is off): the release would have no matcher. "
-                          "Drop release.overrides or fine-tune a matcher")
+                          "retrieval nor multitask (or finetune is off)"
+                          + (f", and release.reuse={cfg.release.reuse} has no matcher/" if cfg.release.reuse else "")
+                          + ": the release would have no matcher. Drop release.overrides or fine-tune a matcher")
     for stage, required in needs.items():
         if getattr(cfg, stage).enabled:
             off = [r for r in required if not getattr(cfg, r).enabled]
