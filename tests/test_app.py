@@ -2,7 +2,7 @@
 Chromium driven by Playwright) against the served app.
 
 The demo folder is prepared once (``kaleido demo prepare``) on 20 products of the bundled
-sample with the released model (``models/kaleido-fashion-v3``, or ``KALEIDO_TEST_MODEL``).
+sample with the released model (``models/kaleido-fashion-v4``, or ``KALEIDO_TEST_MODEL``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
-MODEL = os.environ.get("KALEIDO_TEST_MODEL", str(REPO / "models" / "kaleido-fashion-v3"))
+MODEL = os.environ.get("KALEIDO_TEST_MODEL", str(REPO / "models" / "kaleido-fashion-v4"))
 APP = str(REPO / "app" / "streamlit_app.py")
 
 

@@ -61,7 +61,7 @@ def test_stages_are_the_commands_in_order(tmp_path):
     assert evaluate[:3] == ["eval", "--model", str(tmp_path / "release")] and f"prior={tmp_path / 'baseline'}" in evaluate
     assert tagger_eval[:4] == ["tagger", "eval", "--model", str(tmp_path / "release")]
     assert build[build.index("--backbone") + 1] == str(tmp_path / "backbone" / "backbone" / "model.safetensors")
-    assert card[:2] == ["release", "card"] and card[card.index("--name") + 1] == "kaleido-fashion-v3"
+    assert card[:2] == ["release", "card"] and card[card.index("--name") + 1] == "kaleido-fashion-v4"
     assert "--reused" not in card
     assert by_name["split"].commands[0][:3] == ["data", "split", "C"]
     ft = by_name["finetune-category"].commands[0]

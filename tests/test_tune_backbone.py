@@ -163,7 +163,7 @@ def test_a_release_ships_the_tuned_backbone_and_the_demo_reads_it(tuned, tmp_pat
 
 def test_tune_config_defaults_are_the_measured_best_row():
     cfg = TuneRunConfig()
-    assert (cfg.tune.from_stage, cfg.tune.tail_lr, cfg.tune.epochs) == (5, 3.0e-4, 15)
+    assert (cfg.tune.from_stage, cfg.tune.tail_lr, cfg.tune.epochs) == (3, 3.0e-4, 15)
     assert isinstance(cfg.tune, TuneConfig)
 
 

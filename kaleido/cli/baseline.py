@@ -31,7 +31,7 @@ def register(sub) -> None:
                     help="run folder: backbone/, model/, features/<split>/, log.csv, result.json (resumable)")
     tb.add_argument("--cache", type=Path, help="trunk activations and title vectors (default: OUT)")
     tb.add_argument("--quiet", action="store_true", help="no progress bars")
-    tb.add_argument("overrides", nargs="*", help="e.g. tune.from_stage=5 tune.tail_lr=3e-4 tune.epochs=15")
+    tb.add_argument("overrides", nargs="*", help="e.g. tune.from_stage=3 tune.tail_lr=3e-4 tune.epochs=15")
     tb.set_defaults(func=cmd_tune_backbone)
 
 

@@ -10,7 +10,7 @@ def register(sub) -> None:
     inner = p.add_subparsers(dest="demo", required=True)
     pr = inner.add_parser("prepare", help="tags, patch features and the search index of a catalog (resumable)")
     pr.add_argument("--catalog", default="data/sample", help="catalog folder or table (default: the bundled sample)")
-    pr.add_argument("--model", default="kaleido-fashion-v3", help="a released model name (models/) or folder")
+    pr.add_argument("--model", default="kaleido-fashion-v4", help="a released model name (models/) or folder")
     pr.add_argument("--out", type=Path, default=Path("runs/demo-app"), help="the demo folder the app reads")
     pr.set_defaults(func=cmd_prepare)
 

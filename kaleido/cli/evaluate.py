@@ -16,7 +16,7 @@ def register(sub) -> None:
                        help="fine-tuning root (retrieval/ category/ caption/), one task folder, or a "
                             "pre-training final/ (zero-shot retrieval)")
     which.add_argument("--model", default=None,
-                       help="a released model by name (kaleido-fashion-v3) or folder: its matcher/, "
+                       help="a released model by name (kaleido-fashion-v4) or folder: its matcher/, "
                             "with its dual/ as the first stage unless dual= is given")
     add_catalog_args(p)
     p.add_argument("--cache", type=Path, required=True, help="feature cache of `kaleido patches extract`")

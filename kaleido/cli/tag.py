@@ -35,7 +35,7 @@ def register(sub) -> None:
 
     t = sub.add_parser("tag", help="tag every product of a catalog (resumable; torchrun shards it)")
     add_catalog_args(t)
-    t.add_argument("--model", default="kaleido-fashion-v3",
+    t.add_argument("--model", default="kaleido-fashion-v4",
                    help="a tagger folder or a released model name (default: the release in models/)")
     t.add_argument("--out", type=Path, required=True,
                    help="job folder: tags.parquet, summary.json, parts/ (resume), features/ (cache)")

@@ -27,7 +27,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "kaleido-fashion-v3"   # made by `kaleido pipeline` (its model card)
+DEFAULT_MODEL = "kaleido-fashion-v4"   # made by `kaleido pipeline` (its model card)
 STATE_NAME = "demo.json"
 
 
