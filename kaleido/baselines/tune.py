@@ -5,8 +5,9 @@ Every dual encoder on frozen EfficientNet-Lite0 features ends near the linear re
 reaches SumR 469.4 (two stages), 475.6 (three) and 479.6 (four, the default:
 ``from_stage=3``) on the test split (docs/MEASUREMENTS.md, sessions 21-23). This module makes
 that a model: the tuned backbone is saved as weights that
-:class:`~kaleido.patches.backbone.BackboneConfig` loads, so the whole-image features of the catalog (``image_features``), of a query photo
-(``whole_image_extractor``) and of the ``whole`` dual encoder all come from it.
+:class:`~kaleido.patches.backbone.BackboneConfig` loads, so the whole-image features of the
+catalog (``image_features``), of a query photo (``whole_image_extractor``) and of the
+``whole`` dual encoder all come from it.
 
 Recipe (``TuneConfig``): the whole image at 224 px through the frozen trunk (stem and
 ``blocks[:from_stage]``), whose activations are cached once per split in resumable chunks
